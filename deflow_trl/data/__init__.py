@@ -1,0 +1,27 @@
+"""OGBench data for TorchRL: load official or regenerated datasets, regenerate them locally.
+
+* :func:`load_ogbench_dataset` — ``.npz`` pair -> TensorDict of transitions (TorchRL key layout);
+* :func:`make_ogbench_replay_buffer` — the same in a ``TensorDictReplayBuffer`` (RAM or memmap);
+* :func:`generate_dataset` — rerun OGBench's scripted oracles (``python -m deflow_trl.data.generate``);
+* :func:`parse_ogbench_name` — dataset name -> file stem, env id, task.
+"""
+from deflow_trl.data.generate import generate_dataset
+from deflow_trl.data.names import OGBenchName, parse_ogbench_name
+from deflow_trl.data.ogbench import (
+    ACTION_CLIP,
+    load_ogbench_dataset,
+    make_ogbench_replay_buffer,
+    ogbench_dataset_path,
+    prioritized_replay_available,
+)
+
+__all__ = [
+    "ACTION_CLIP",
+    "OGBenchName",
+    "generate_dataset",
+    "load_ogbench_dataset",
+    "make_ogbench_replay_buffer",
+    "ogbench_dataset_path",
+    "parse_ogbench_name",
+    "prioritized_replay_available",
+]

@@ -1,0 +1,18 @@
+"""Shared fixtures: tiny OGBench datasets generated here (never downloaded)."""
+import pytest
+
+# Tiny but real: OGBench's scripted oracles, a few short episodes (seconds to make).
+TINY_EPISODES = 3
+TINY_LENGTH = 50
+
+
+@pytest.fixture(scope="session")
+def tiny_ogbench_dir(tmp_path_factory):
+    """A dataset dir with cube-single-play-v0 (3x50 steps + 1 val episode) and puzzle-3x3-play-v0 (2x40 + 1)."""
+    from deflow_trl.data.generate import generate_dataset
+
+    d = tmp_path_factory.mktemp("ogbench_data")
+    generate_dataset("cube-single-play-v0", TINY_EPISODES, episode_length=TINY_LENGTH, dataset_dir=str(d),
+                     seed=0, progress=False)
+    generate_dataset("puzzle-3x3-play-v0", 2, episode_length=40, dataset_dir=str(d), seed=0, progress=False)
+    return str(d)
