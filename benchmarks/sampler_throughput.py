@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -117,7 +118,8 @@ def main() -> None:
         if name == "compile":
             for mode in args.compile_modes:
                 fn = compiled_unit("policy", "fp32", args.num_steps, "euler", mode=mode)
-                variants.append((f"compile[{mode}]", lambda o, n, fn=fn: fn(flow_weights(velocity, refiner, "fp32"), o, n)))
+                label = "compile-" + ("maxautotune" if "max-autotune" in mode else mode)
+                variants.append((label, lambda o, n, fn=fn: fn(flow_weights(velocity, refiner, "fp32"), o, n)))
         for label, call in variants:
             for batch in batches:
                 gen = torch.Generator(device="cpu").manual_seed(batch)
@@ -146,23 +148,25 @@ def main() -> None:
     print(f"FLOPs per action: {flops / 1e6:.2f} M (obs projection once, {args.num_steps} velocity evals, refiner once)")
     print("GEMM rate (torch.matmul): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in gemm.items()))
     print()
-    head = f"| {'backend':<14} | {'batch':>5} | {'latency ms':>10} | {'actions/s':>10} | {'GFLOP/s':>7} | " \
+    head = f"| {'backend':<16} | {'batch':>5} | {'latency ms':>10} | {'actions/s':>10} | {'GFLOP/s':>7} | " \
            f"{'% fp32 GEMM':>11} | {'vs eager':>8} | {'1st call s':>10} | {'Δa mean/max vs fp32':>21} |"
     print(head)
     print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
     for r in rows:
         err = f"{r['err_mean']:.1e} / {r['err_max']:.1e}" if "err_max" in r else ""
         sp = f"{r['speedup_vs_eager']:.2f}×" if r["speedup_vs_eager"] else ""
-        print(f"| {r['backend']:<14} | {r['batch']:>5} | {r['latency_ms']:>10.3f} | {r['actions_per_s']:>10.0f} | "
+        print(f"| {r['backend']:<16} | {r['batch']:>5} | {r['latency_ms']:>10.3f} | {r['actions_per_s']:>10.0f} | "
               f"{r['gflops']:>7.1f} | {100 * r['fraction_of_fp32_gemm']:>10.0f}% | {sp:>8} | "
               f"{r['first_call_s']:>10.2f} | {err:>21} |")
     total = time.perf_counter() - t_start
-    print(f"\ntotal {total:.1f} s")
+    print(f"\ntotal {total:.1f} s; load average at the end {os.getloadavg()[0]:.1f} "
+          "(other processes on the machine distort CPU numbers)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(device=str(device), torch=torch.__version__, threads=torch.get_num_threads(),
                            num_steps=args.num_steps, obs_dim=OBS_DIM, action_dim=ACTION_DIM, hidden=HIDDEN,
-                           flops_per_action=flops, gemm_gflops=gemm, rows=rows, total_s=total), f, indent=1)
+                           flops_per_action=flops, gemm_gflops=gemm, rows=rows, total_s=total,
+                           load_average=os.getloadavg()[0]), f, indent=1)
 
 
 if __name__ == "__main__":
