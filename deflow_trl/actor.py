@@ -39,6 +39,8 @@ class DeFlowActor(TensorDictModuleBase):
         num_samples (int): N for best-of-N (default 8).
         refine_iterations (int): k for iterative refinement (default 3).
         backend (str): sampler backend (see :mod:`deflow_trl.sampler`).
+        refine (bool): apply the refiner (default). ``False`` acts with the
+            behaviour flow's base samples alone: the flow-BC baseline.
         observation_key / action_key: TensorDict keys.
         generator (torch.Generator, optional): RNG for the flow's noise.
 
@@ -64,6 +66,7 @@ class DeFlowActor(TensorDictModuleBase):
         num_samples: int = 8,
         refine_iterations: int = 3,
         backend: str = "eager",
+        refine: bool = True,
         observation_key: NestedKey = "observation",
         action_key: NestedKey = "action",
         generator: torch.Generator | None = None,
@@ -71,6 +74,8 @@ class DeFlowActor(TensorDictModuleBase):
         super().__init__()
         if sampling not in SAMPLING_MODES:
             raise ValueError(f"unknown sampling mode {sampling!r}; choose one of {SAMPLING_MODES}")
+        if not refine and sampling != "plain":
+            raise ValueError("refine=False (flow BC) only supports sampling='plain'")
         if sampling != "plain" and critic is None:
             raise ValueError(f"sampling={sampling!r} ranks actions by Q and needs a critic")
         if num_samples < 1 or refine_iterations < 1:
@@ -81,6 +86,7 @@ class DeFlowActor(TensorDictModuleBase):
         # Not registered as a submodule: the critic is owned (and trained) by the loss.
         self.__dict__["critic"] = critic
         self.sampling = sampling
+        self.refine = refine
         self.num_samples = num_samples
         self.refine_iterations = refine_iterations
         self.generator = generator
@@ -125,8 +131,11 @@ class DeFlowActor(TensorDictModuleBase):
         self.check_observation(obs)
         batch_shape = obs.shape[:-1]
         obs = obs.reshape(-1, self.observation_dim)
-        if self.sampling == "plain":
-            action = self.sampler(obs, self.draw_noise(obs.shape[0], self.action_dim, like=obs))
+        noise_shape = (obs.shape[0], self.action_dim)
+        if not self.refine:
+            action = self.sampler.base_actions(obs, self.draw_noise(*noise_shape, like=obs))
+        elif self.sampling == "plain":
+            action = self.sampler(obs, self.draw_noise(*noise_shape, like=obs))
         elif self.sampling == "best_of_n":
             action = self._best_of_n(obs)
         else:

@@ -27,7 +27,8 @@ def make_deflow(
     sampling: str = "plain",  # evaluation sampling: "plain", "best_of_n", "iterative"
     num_samples: int = 8,  # N for best-of-N sampling
     refine_iterations: int = 3,  # k for iterative refinement
-    backend: str = "eager",  # ODE sampler backend
+    backend: str = "eager",  # ODE sampler backend: eager | compile | triton | auto, optional -bf16 suffix
+    refine: bool = True,  # False: act with the flow's base samples (flow-BC baseline)
     device: torch.device | str | None = None,  # build on this device (before the loss is made)
 ) -> tuple[DeFlowActor, DeFlowLoss]:
     """Builds DeFlow's networks, the policy and the loss with the reference defaults.
@@ -58,6 +59,7 @@ def make_deflow(
         num_samples=num_samples,
         refine_iterations=refine_iterations,
         backend=backend,
+        refine=refine,
     )
     loss = DeFlowLoss(
         policy,

@@ -1,0 +1,107 @@
+"""Crash-safe training checkpoints.
+
+A checkpoint is one file ``ckpt_<step>.pt`` written atomically: the state is
+saved to a hidden temporary file in the same directory, flushed to disk
+(``fsync``), then renamed over the final name (``os.replace`` is atomic on
+POSIX). A SIGKILL at any moment therefore leaves either the previous set of
+checkpoints or the previous set plus a complete new one, never a half-written
+``ckpt_*.pt``; leftover temporary files are ignored by readers and removed by the next save.
+
+Everything stored is loadable with ``torch.load(weights_only=True)``: tensors,
+numbers, strings and containers of them (RNG states are stored as tensors).
+"""
+from __future__ import annotations
+
+import glob
+import os
+import random
+import re
+import tempfile
+
+import numpy as np
+import torch
+
+_NAME = re.compile(r"^ckpt_(\d{9})\.pt$")
+
+
+def _checkpoint_files(directory: str) -> list[tuple[int, str]]:
+    if not os.path.isdir(directory):
+        return []
+    found = []
+    for name in os.listdir(directory):
+        m = _NAME.match(name)
+        if m:
+            found.append((int(m.group(1)), os.path.join(directory, name)))
+    return sorted(found)
+
+
+def rng_state() -> dict:
+    """Torch, NumPy and Python RNG states as tensors (``weights_only``-safe)."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "python": torch.tensor(py_state[1], dtype=torch.int64),
+        "python_version": int(py_state[0]),
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    random.setstate((state["python_version"], tuple(state["python"].tolist()), None))
+
+
+def save_checkpoint(directory: str, step: int, state: dict, keep: int = 3) -> str:
+    """Writes ``state`` as ``<directory>/ckpt_<step>.pt`` atomically, then keeps
+    only the ``keep`` most recent checkpoints. Returns the path."""
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, f"ckpt_{step:09d}.pt")
+    fd, tmp = tempfile.mkstemp(prefix=".ckpt_", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:  # make the rename itself durable
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    for _, old in _checkpoint_files(directory)[:-keep]:
+        os.unlink(old)
+    # Debris of an earlier save killed mid-write (one writer per run directory;
+    # readers never delete, since they may run beside a live writer).
+    for stale in glob.glob(os.path.join(directory, ".ckpt_*.tmp")):
+        os.unlink(stale)
+    return path
+
+
+def load_latest_checkpoint(directory: str, map_location="cpu") -> tuple[dict, str] | None:
+    """The newest checkpoint in ``directory`` as ``(state, path)``, or None.
+
+    A checkpoint that fails to load (only possible if something other than
+    :func:`save_checkpoint` wrote it) raises a ``RuntimeError`` naming the
+    file: a corrupt checkpoint is never skipped silently, and nothing is deleted.
+    """
+    files = _checkpoint_files(directory)
+    if not files:
+        return None
+    _, path = files[-1]
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise RuntimeError(
+            f"checkpoint {path} is corrupt or unreadable ({type(err).__name__}: {err}); "
+            "move it away to resume from the previous one, or start a new run directory"
+        ) from err
+    return state, path

@@ -1,0 +1,172 @@
+"""The Hydra training app: a run end to end, exact resume, SIGKILL safety, bad configs, online, sweeps."""
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from deflow_trl.checkpoint import load_latest_checkpoint
+from deflow_trl.plot import read_scalar
+from deflow_trl.train import CONFIG_DIR, ConfigError, run
+
+TINY = [
+    "agent.hidden_sizes=[32,32]", "agent.num_flow_steps=2", "batch_size=16", "eval_episodes=1",
+    "progress=false", "data.generate_if_missing=false",
+]
+
+
+def config(dataset_dir, *overrides):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("train", overrides=[*TINY, f"data.dataset_dir={dataset_dir}", *overrides])
+
+
+def test_run_writes_metrics_checkpoints_and_plot(tiny_ogbench_dir, tmp_path):
+    cfg = config(tiny_ogbench_dir, "offline_steps=12", "eval_interval=6", "log_interval=3", "save_interval=4", "keep_checkpoints=2")
+    result = run(cfg, str(tmp_path))
+    assert 0.0 <= result["success_rate"] <= 1.0 and result["step"] == 12
+    steps, _ = read_scalar(str(tmp_path), "eval/success_rate")
+    assert steps.tolist() == [6, 12]
+    steps, values = read_scalar(str(tmp_path), "train/loss_critic")
+    assert steps.tolist() == [3, 6, 9, 12] and torch.isfinite(torch.tensor(values)).all()
+    ckpts = sorted(os.listdir(tmp_path / "checkpoints"))
+    assert ckpts == ["ckpt_000000008.pt", "ckpt_000000012.pt"]  # keep the last K=2
+    state = torch.load(tmp_path / "checkpoints" / ckpts[-1], weights_only=True)
+    assert state["step"] == 12 and "log_alpha" in state["loss"]
+    assert (tmp_path / "learning_curve.png").stat().st_size > 10_000
+
+
+def test_resume_continues_exactly(tiny_ogbench_dir, tmp_path):
+    common = ["eval_interval=100", "log_interval=5", "save_interval=5"]
+    straight = tmp_path / "straight"
+    run(config(tiny_ogbench_dir, "offline_steps=10", *common), str(straight))
+    split = tmp_path / "split"
+    run(config(tiny_ogbench_dir, "offline_steps=5", *common), str(split))
+    # Scramble the global RNGs: resume must restore them from the checkpoint.
+    torch.manual_seed(1234)
+    random.seed(1234)
+    run(config(tiny_ogbench_dir, "offline_steps=10", *common), str(split))
+    a, _ = load_latest_checkpoint(str(straight / "checkpoints"))
+    b, _ = load_latest_checkpoint(str(split / "checkpoints"))
+    assert a["step"] == b["step"] == 10
+    for key, value in a["loss"].items():
+        assert torch.equal(value, b["loss"][key]), key
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
+
+
+def test_resume_false_refuses_an_existing_run(tiny_ogbench_dir, tmp_path):
+    run(config(tiny_ogbench_dir, "offline_steps=2", "save_interval=2", "eval_interval=100"), str(tmp_path))
+    with pytest.raises(ConfigError, match="already holds checkpoints"):
+        run(config(tiny_ogbench_dir, "offline_steps=4", "resume=false"), str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "overrides,error,match",
+    [
+        (["agent.target_divergence=0"], ConfigError, "target_divergence"),
+        (["agent.target_divergence=-0.1"], ConfigError, "target_divergence"),
+        (["env.name=cube-quintuple-play"], ConfigError, "unknown env"),
+        (["batch_size=100000"], ConfigError, "larger than the dataset"),
+        (["eval_episodes=0"], ConfigError, "eval_episodes"),
+        (["agent.num_flow_steps=0"], ConfigError, "num_flow_steps"),
+        (["task=7"], ConfigError, "task"),
+        (["env=scene"], FileNotFoundError, "deflow_trl.data.generate"),  # no scene data in the tiny dir
+    ],
+)
+def test_bad_configs_fail_before_any_work(tiny_ogbench_dir, tmp_path, overrides, error, match):
+    with pytest.raises(error, match=match):
+        run(config(tiny_ogbench_dir, "offline_steps=5", *overrides), str(tmp_path))
+    assert not (tmp_path / "metrics").exists() and not (tmp_path / "checkpoints").exists()
+
+
+def test_offline_to_online_adds_transitions_to_the_buffer(tiny_ogbench_dir, tmp_path):
+    cfg = config(
+        tiny_ogbench_dir, "offline_steps=4", "online_steps=12", "eval_interval=100", "log_interval=4",
+        "save_interval=8", "online.freeze_flow=true",
+    )
+    run(cfg, str(tmp_path))
+    state, _ = load_latest_checkpoint(str(tmp_path / "checkpoints"))
+    assert state["step"] == 16
+    online = state["online_data"]
+    assert online["observation"].shape == (12, 28) and online["next"]["reward"].shape == (12, 1)
+    steps, sizes = read_scalar(str(tmp_path), "online/buffer_size")
+    n = 147  # 3 episodes of 50 steps -> 147 transitions (see conftest)
+    assert steps.tolist() == [8, 12, 16] and sizes.tolist() == [n + 4, n + 8, n + 12]
+
+
+def test_flow_bc_trains_only_the_flow(tiny_ogbench_dir, tmp_path):
+    cfg = config(tiny_ogbench_dir, "agent=flow_bc", "offline_steps=6", "eval_interval=6", "save_interval=6")
+    run(cfg, str(tmp_path))
+    state, _ = load_latest_checkpoint(str(tmp_path / "checkpoints"))
+    opt_state = state["optimizer"]["state"]
+    names = list(state["loss"].keys())
+    assert state["config"]["agent"]["refine"] is False
+    # Adam keeps state only for the parameters that received gradients: the velocity field's.
+    velocity = [k for k in names if ".velocity." in k]
+    assert len(opt_state) == len(velocity)
+
+
+def _launch(run_dir, dataset_dir, steps, *extra):
+    cmd = [sys.executable, "-m", "deflow_trl.train", *TINY, f"data.dataset_dir={dataset_dir}",
+           f"offline_steps={steps}", "save_interval=1", "eval_interval=100000", "log_interval=1",
+           f"hydra.run.dir={run_dir}", *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+@pytest.mark.slow
+def test_sigkill_at_any_moment_never_corrupts_and_resumes(tiny_ogbench_dir, tmp_path):
+    """Checkpoint every step, SIGKILL at random moments (often mid-save): the
+    latest checkpoint always loads with weights_only=True, and resuming loses
+    at most one save interval."""
+    run_dir = tmp_path / "run"
+    ckpt_dir = str(run_dir / "checkpoints")
+    rng = random.Random(0)
+    last_step = 0
+    for _ in range(3):
+        proc = _launch(run_dir, tiny_ogbench_dir, 100_000)
+        deadline = time.time() + 120
+        while time.time() < deadline:  # wait until this process has saved progress beyond last time
+            found = load_latest_checkpoint(ckpt_dir) if os.path.isdir(ckpt_dir) else None
+            if found is not None and found[0]["step"] > last_step:
+                break
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            time.sleep(0.2)
+        time.sleep(rng.uniform(0.0, 1.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        state, path = load_latest_checkpoint(ckpt_dir)  # must load (weights_only=True)
+        steps_logged, _ = read_scalar(str(run_dir), "train/loss_critic")
+        # At most one save interval (1 step) of work is lost.
+        assert steps_logged.max() - state["step"] <= 1
+        assert state["step"] >= last_step
+        last_step = state["step"]
+    final = last_step + 3
+    proc = _launch(run_dir, tiny_ogbench_dir, final)
+    assert proc.wait(timeout=180) == 0, proc.stderr.read().decode()[-2000:]
+    state, _ = load_latest_checkpoint(ckpt_dir)
+    assert state["step"] == final
+    assert not [f for f in os.listdir(ckpt_dir) if f.endswith(".tmp")]
+
+
+@pytest.mark.slow
+def test_multirun_sweep_and_summarize(tiny_ogbench_dir, tmp_path):
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "deflow_trl.train", "-m", "seed=0,1", *TINY, f"data.dataset_dir={tiny_ogbench_dir}",
+           "offline_steps=6", "eval_interval=2", "save_interval=6", f"hydra.sweep.dir={sweep}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = subprocess.run([sys.executable, "-m", "deflow_trl.summarize", str(sweep), "--json", str(tmp_path / "s.json")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "| deflow | cube-single-play-singletask-task1-v0 |" in out.stdout
+    import json
+
+    rows = json.load(open(tmp_path / "s.json"))
+    assert rows[0]["seeds"] == 2 and rows[0]["last_step"] == 6
+    assert all(0 <= s <= 100 for s in rows[0]["per_seed"])
