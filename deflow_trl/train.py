@@ -199,8 +199,14 @@ def run(cfg: DictConfig, run_dir: str) -> dict:
     step, online_data = 0, None
     if found is not None:
         state, path = found
-        loss.load_state_dict(state["loss"])
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            loss.load_state_dict(state["loss"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise ConfigError(
+                f"the checkpoint {path} does not match this configuration (another agent or network size?): "
+                f"{str(err).splitlines()[0]}; use another hydra.run.dir"
+            ) from None
         set_rng_state(state["rng"])
         step = int(state["step"])
         online_data = state.get("online_data")
@@ -267,8 +273,11 @@ def run(cfg: DictConfig, run_dir: str) -> dict:
             maybe_log_eval_save(out)
         collector.shutdown()
     bar.close()
-    eval_env.close()
 
+    if not last_eval:  # resumed a finished run: report its policy once more
+        result = evaluate(policy, eval_env, cfg.eval_episodes, seed=cfg.seed, progress=False)
+        last_eval = {"success_rate": result["success_rate"], "return_mean": result["return_mean"], "step": step}
+    eval_env.close()
     elapsed = time.perf_counter() - start
     png = plot_run(run_dir, target_divergence=cfg.agent.target_divergence if cfg.agent.refine else None)
     print(
