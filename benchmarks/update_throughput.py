@@ -1,0 +1,260 @@
+"""Update throughput of DeFlow: eager vs compiled (vs compiled + bf16 solves).
+
+One update = loss forward + backward + Adam step + Polyak target update
+(:class:`deflow_trl.update.Updater`), on a fixed random batch, at the
+reference sizes (obs 28, act 5, 4×512 MLPs, K = 10, 2 critics, batch 256) and
+a small configuration (2×64). Reports the median over repeats, the compile time
+separately, the GEMM FLOPs per update (counted from the layer sizes, checked
+against ``torch.utils.flop_counter``), the achieved GFLOP/s and the machine's
+fp32/bf16 ``torch.matmul`` rate measured in the same run, and, for bf16 solves,
+the change of every loss vs fp32 from the same state and RNG.
+
+    python benchmarks/update_throughput.py                  # full (≈ 5 min cold)
+    python benchmarks/update_throughput.py --quick          # ≤ 90 s
+    python benchmarks/update_throughput.py --json out.json
+
+Set ``TORCHINDUCTOR_CACHE_DIR`` to a persistent folder for warm compiles.
+Timings on a shared machine are noisy: the load average is recorded.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from typing import Sequence
+
+import torch
+from tensordict import TensorDict
+from torchrl.objectives import SoftUpdate
+
+from deflow_trl import make_deflow
+from deflow_trl.update import Updater
+
+OBS_DIM, ACT_DIM, BATCH, NUM_STEPS, NUM_CRITICS = 28, 5, 256, 10, 2
+CONFIGS = {"reference 4x512": (512, 512, 512, 512), "small 2x64": (64, 64)}
+
+
+# -- FLOPs -------------------------------------------------------------------
+def _macs(sizes: Sequence[int]) -> int:
+    """Multiply-adds per sample of an MLP with layer widths ``sizes``."""
+    return sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def update_flops(
+    obs_dim: int,
+    act_dim: int,
+    hidden: Sequence[int],
+    batch: int,
+    num_steps: int = NUM_STEPS,
+    num_critics: int = NUM_CRITICS,
+    evals_per_step: int = 1,
+) -> dict[str, int]:
+    """GEMM FLOPs (2 per multiply-add) of one DeFlow update, by part.
+
+    The minimal work of the algorithm as implemented: one no-grad ODE solve on
+    the 2B stacked states (observation projection once, then K velocity
+    evaluations on ``x``), no-grad refiner and target ensemble on s', critic
+    fwd+bwd on (s, a), flow fwd+bwd on x_t, refiner fwd+bwd on s, critic
+    fwd+bwd-to-input on a_π (params detached). Backward = weight grads + input
+    grads, minus the input grads of first layers whose input needs none.
+    Elementwise ops (GELU, LayerNorm, Adam) are not counted.
+    """
+    h = list(hidden)
+    first_v = (obs_dim + act_dim + 1) * h[0]
+    first_r = first_q = (obs_dim + act_dim) * h[0]
+    m_v = _macs([obs_dim + act_dim + 1, *h, act_dim])
+    m_r = _macs([obs_dim + act_dim, *h, act_dim])
+    m_q = _macs([obs_dim + act_dim, *h, 1])
+    m_v_step = m_v - first_v + act_dim * h[0]  # x-part of the first layer only
+    B, E = batch, num_critics
+    macs = {
+        "ode_solve (2B, no grad)": 2 * B * (obs_dim * h[0] + num_steps * evals_per_step * m_v_step),
+        "refiner s' (no grad)": B * m_r,
+        "target critic s' (no grad)": E * B * m_q,
+        "critic (s,a) fwd+bwd": E * B * (3 * m_q - first_q),
+        "flow x_t fwd+bwd": B * (3 * m_v - first_v),
+        "refiner s fwd+bwd": B * (3 * m_r - first_r),
+        "critic a_pi fwd+bwd-to-input": E * B * 2 * m_q,
+    }
+    flops = {k: 2 * v for k, v in macs.items()}
+    flops["total"] = sum(flops.values())
+    return flops
+
+
+def counted_flops(updater: Updater, batch: TensorDict) -> int:
+    """GEMM FLOPs of one eager update as counted by ``torch.utils.flop_counter``'s
+    per-op formulas (a dispatch mode of its own: ``FlopCounterMode``'s module
+    tracker cannot hash TensorDictParams)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
+
+    class _Counter(TorchDispatchMode):
+        total = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            count = flop_registry.get(func._overloadpacket)
+            if count is not None:
+                self.total += count(*args, **kwargs, out_val=out)
+            return out
+
+    with _Counter() as counter:
+        updater.eager_step(batch)
+    return counter.total
+
+
+# -- set-up --------------------------------------------------------------------
+def make_batch(batch: int = BATCH, obs_dim: int = OBS_DIM, act_dim: int = ACT_DIM) -> TensorDict:
+    return TensorDict(
+        {
+            "observation": torch.randn(batch, obs_dim),
+            "action": torch.rand(batch, act_dim) * 2 - 1,
+            "next": {
+                "observation": torch.randn(batch, obs_dim),
+                "reward": -torch.rand(batch, 1),
+                "done": torch.zeros(batch, 1, dtype=torch.bool),
+                "terminated": torch.zeros(batch, 1, dtype=torch.bool),
+            },
+        },
+        batch_size=[batch],
+    )
+
+
+def make_updater(hidden, *, compile: bool, bf16_solves: bool = False, seed: int = 0) -> Updater:
+    torch.manual_seed(seed)
+    _, loss = make_deflow(OBS_DIM, ACT_DIM, hidden_sizes=hidden, num_flow_steps=NUM_STEPS, num_critics=NUM_CRITICS)
+    loss.bf16_solves = bf16_solves
+    optim = torch.optim.Adam(loss.parameters(), lr=3e-4)
+    return Updater(loss, optim, SoftUpdate(loss, tau=0.005), compile=compile)
+
+
+# -- timing --------------------------------------------------------------------
+def time_modes(updaters: dict[str, Updater], batch: TensorDict, steps: int, repeats: int) -> dict[str, dict]:
+    """Per mode: the first call's time (the compile, if any), then the median
+    over ``repeats`` of the mean time of ``steps`` updates. Repeats are
+    interleaved across modes so that a shared machine's load hits them alike."""
+    results = {}
+    for mode, updater in updaters.items():
+        t0 = time.perf_counter()
+        updater(batch)  # compile (if any) happens here
+        results[mode] = {"first_call_s": time.perf_counter() - t0, "samples_ms": []}
+        updater(batch)  # a second call may still specialise (optimiser state now exists)
+    for _ in range(repeats):
+        for mode, updater in updaters.items():
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                updater(batch)
+            results[mode]["samples_ms"].append(1e3 * (time.perf_counter() - t0) / steps)
+    for r in results.values():
+        r["ms_per_update"] = statistics.median(r["samples_ms"])
+        r["min_ms_per_update"] = min(r["samples_ms"])
+        r["updates_per_s"] = 1e3 / r["ms_per_update"]
+    return results
+
+
+def gemm_gflops(m: int, k: int, n: int, dtype=torch.float32, bursts: int = 7, seconds: float = 0.1) -> float:
+    """``torch.matmul`` rate, best of ``bursts`` short bursts (the machine's
+    peak for that shape; a shared machine's contention only lowers samples)."""
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    best = 0.0
+    for _ in range(bursts):
+        reps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            a @ b
+            reps += 1
+        best = max(best, 2 * m * k * n * reps / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def bf16_loss_effect(hidden, batch: TensorDict) -> dict:
+    """Relative change of each loss with bf16 solves, same state and RNG."""
+    out = {}
+    for bf16 in (False, True):
+        updater = make_updater(hidden, compile=False, bf16_solves=bf16)
+        torch.manual_seed(123)
+        with torch.no_grad():
+            out[bf16] = updater.loss(batch)
+    keys = ["loss_critic", "loss_flow", "loss_refine", "loss_alpha", "flow_bc_mse", "target_mean"]
+    return {k: float((out[True][k] - out[False][k]).abs() / out[False][k].abs().clamp_min(1e-12)) for k in keys}
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="≤ 90 s: fewer repeats, no compiled run at the reference size")
+    parser.add_argument("--json", type=str, default=None, help="write the results here")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per mode (median reported)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--no-compile", action="store_true", help="eager only")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    repeats = args.repeats or (3 if args.quick else 7)
+    torch.manual_seed(0)
+    batch = make_batch()
+
+    load_before = os.getloadavg()
+    gemm = {
+        "fp32 2048^3": gemm_gflops(2048, 2048, 2048, bursts=3, seconds=0.3),
+        "fp32 256x512x512": gemm_gflops(256, 512, 512),
+        "bf16 256x512x512": gemm_gflops(256, 512, 512, torch.bfloat16),
+    }
+    layer_rate = gemm["fp32 256x512x512"]
+    rows, flops_by_config = [], {}
+    for name, hidden in CONFIGS.items():
+        flops = update_flops(OBS_DIM, ACT_DIM, hidden, BATCH)
+        flops["counted (torch FlopCounterMode)"] = counted_flops(make_updater(hidden, compile=False), batch)
+        flops_by_config[name] = flops
+        small = hidden == CONFIGS["small 2x64"]
+        steps = 20 if small else 3
+        modes = [("eager", False, False), ("eager + bf16 solves", False, True)]
+        if not args.no_compile and (small or not args.quick):
+            modes += [("compiled", True, False), ("compiled + bf16 solves", True, True)]
+        if args.quick:
+            modes = [m for m in modes if "bf16" not in m[0] or not small]
+        updaters = {mode: make_updater(hidden, compile=c, bf16_solves=bf16) for mode, c, bf16 in modes}
+        for mode, r in time_modes(updaters, batch, steps, repeats).items():
+            r.update(config=name, mode=mode, gflops=flops["total"] / 1e9 * r["updates_per_s"])
+            r["percent_of_fp32_gemm"] = 100 * r["gflops"] / layer_rate
+            rows.append(r)
+            print(f"  {name:16s} {mode:24s} {r['ms_per_update']:8.2f} ms (compile/first call {r['first_call_s']:.1f} s)", flush=True)
+    bf16_effect = bf16_loss_effect(CONFIGS["reference 4x512"], batch)
+
+    print(f"\nGEMM rate (torch.matmul, this run): " + ", ".join(f"{k}: {v:.0f} GFLOP/s" for k, v in gemm.items()))
+    for name, flops in flops_by_config.items():
+        print(f"\nGEMM FLOPs per update, {name} (batch {BATCH}, K={NUM_STEPS}):")
+        for part, f in flops.items():
+            print(f"  {part:34s} {f / 1e9:8.3f} GFLOP")
+    print("\n| config | mode | first call (compile) s | ms / update (median) | min ms | updates/s | GFLOP/s | % of fp32 GEMM (256x512x512) |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        print(f"| {r['config']} | {r['mode']} | {r['first_call_s']:.1f} | {r['ms_per_update']:.2f} | "
+              f"{r['min_ms_per_update']:.2f} | {r['updates_per_s']:.1f} | {r['gflops']:.0f} | {r['percent_of_fp32_gemm']:.0f}% |")
+    print("\nbf16 solves, relative change vs fp32 (reference sizes, same state and RNG, one forward):")
+    for k, v in bf16_effect.items():
+        print(f"  {k:12s} {v:.2e}")
+    result = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": torch.get_num_threads(),
+                    "torch": torch.__version__, "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
+        "sizes": {"obs_dim": OBS_DIM, "act_dim": ACT_DIM, "batch": BATCH, "K": NUM_STEPS, "num_critics": NUM_CRITICS},
+        "gemm_gflops": gemm,
+        "flops_per_update": flops_by_config,
+        "rows": rows,
+        "bf16_solves_relative_change": bf16_effect,
+        "quick": args.quick,
+    }
+    print(f"\nload average before / after: {load_before} / {os.getloadavg()} "
+          "(a 2-core machine: timings with load > 2 are contended)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()
