@@ -82,16 +82,10 @@ def _check_dims(**dims: int) -> None:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
-class VelocityField(nn.Module):
-    """Flow-matching velocity ``v_θ(s, x, t)``: an MLP on ``concat(s, x, t)``.
+class _ActionHead(nn.Module):
+    """An MLP from ``concat(s, a-sized input, extra_inputs)`` to an action-sized output."""
 
-    ``t`` is a scalar per sample (shape ``[*B, 1]`` or broadcastable).
-
-    Examples:
-        >>> v = VelocityField(observation_dim=3, action_dim=2, hidden_sizes=(16, 16))
-        >>> v(torch.zeros(4, 3), torch.zeros(4, 2), torch.zeros(4, 1)).shape
-        torch.Size([4, 2])
-    """
+    extra_inputs = 0
 
     def __init__(
         self,
@@ -103,7 +97,21 @@ class VelocityField(nn.Module):
         _check_dims(observation_dim=observation_dim, action_dim=action_dim)
         self.observation_dim = observation_dim
         self.action_dim = action_dim
-        self.mlp = MLP(observation_dim + action_dim + 1, action_dim, hidden_sizes)
+        self.mlp = MLP(observation_dim + action_dim + self.extra_inputs, action_dim, hidden_sizes)
+
+
+class VelocityField(_ActionHead):
+    """Flow-matching velocity ``v_θ(s, x, t)``: an MLP on ``concat(s, x, t)``.
+
+    ``t`` is a scalar per sample (shape ``[*B, 1]`` or broadcastable).
+
+    Examples:
+        >>> v = VelocityField(observation_dim=3, action_dim=2, hidden_sizes=(16, 16))
+        >>> v(torch.zeros(4, 3), torch.zeros(4, 2), torch.zeros(4, 1)).shape
+        torch.Size([4, 2])
+    """
+
+    extra_inputs = 1  # t
 
     def forward(self, obs: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         t = t.expand(*x.shape[:-1], 1)
@@ -128,20 +136,8 @@ class VelocityField(nn.Module):
         return self.mlp.from_first_preactivation(obs_proj + F.linear(x, w_x) + t * w_t)
 
 
-class Refiner(nn.Module):
+class Refiner(_ActionHead):
     """Refinement network ``r_φ(s, a) → Δ`` (an MLP on ``concat(s, a)``)."""
-
-    def __init__(
-        self,
-        observation_dim: int,
-        action_dim: int,
-        hidden_sizes: Sequence[int] = DEFAULT_HIDDEN,
-    ) -> None:
-        super().__init__()
-        _check_dims(observation_dim=observation_dim, action_dim=action_dim)
-        self.observation_dim = observation_dim
-        self.action_dim = action_dim
-        self.mlp = MLP(observation_dim + action_dim, action_dim, hidden_sizes)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         return self.mlp(torch.cat([obs, action], dim=-1))
