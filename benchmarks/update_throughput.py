@@ -12,6 +12,7 @@ the change of every loss vs fp32 from the same state and RNG.
     python benchmarks/update_throughput.py                  # full (≈ 5 min cold)
     python benchmarks/update_throughput.py --quick          # ≤ 90 s
     python benchmarks/update_throughput.py --json out.json
+    python benchmarks/update_throughput.py --config reference --threads 1
 
 Set ``TORCHINDUCTOR_CACHE_DIR`` to a persistent folder for warm compiles.
 Timings on a shared machine are noisy: the load average is recorded.
@@ -34,7 +35,7 @@ from deflow_trl import make_deflow
 from deflow_trl.update import Updater
 
 OBS_DIM, ACT_DIM, BATCH, NUM_STEPS, NUM_CRITICS = 28, 5, 256, 10, 2
-CONFIGS = {"reference 4x512": (512, 512, 512, 512), "small 2x64": (64, 64)}
+CONFIGS = {"reference": (512, 512, 512, 512), "small": (64, 64)}
 
 
 # -- FLOPs -------------------------------------------------------------------
@@ -191,6 +192,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per mode (median reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--no-compile", action="store_true", help="eager only")
+    parser.add_argument("--config", choices=sorted(CONFIGS), action="append", default=None,
+                        help="only these configurations (repeatable; default: all)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -199,6 +202,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     batch = make_batch()
 
     load_before = os.getloadavg()
+    if load_before[0] > 1.5 and not args.threads:
+        print(f"warning: load average {load_before[0]:.1f} on this machine: multi-threaded timings will be "
+              "contended (OpenMP threads wait on busy cores); --threads 1 degrades more gracefully", flush=True)
     gemm = {
         "fp32 2048^3": gemm_gflops(2048, 2048, 2048, bursts=3, seconds=0.3),
         "fp32 256x512x512": gemm_gflops(256, 512, 512),
@@ -207,11 +213,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     layer_rate = gemm["fp32 256x512x512"]
     rows, flops_by_config = [], {}
     for name, hidden in CONFIGS.items():
+        if args.config and name not in args.config:
+            continue
         flops = update_flops(OBS_DIM, ACT_DIM, hidden, BATCH)
         flops["counted (torch FlopCounterMode)"] = counted_flops(make_updater(hidden, compile=False), batch)
         flops_by_config[name] = flops
-        small = hidden == CONFIGS["small 2x64"]
-        steps = 20 if small else 3
+        small = hidden == CONFIGS["small"]
+        steps = (10 if args.quick else 20) if small else 3
         modes = [("eager", False, False), ("eager + bf16 solves", False, True)]
         if not args.no_compile and (small or not args.quick):
             modes += [("compiled", True, False), ("compiled + bf16 solves", True, True)]
@@ -223,11 +231,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
             r["percent_of_fp32_gemm"] = 100 * r["gflops"] / layer_rate
             rows.append(r)
             print(f"  {name:16s} {mode:24s} {r['ms_per_update']:8.2f} ms (compile/first call {r['first_call_s']:.1f} s)", flush=True)
-    bf16_effect = bf16_loss_effect(CONFIGS["reference 4x512"], batch)
+    bf16_effect = bf16_loss_effect(CONFIGS["reference"] if not args.config else CONFIGS[args.config[0]], batch)
 
     print(f"\nGEMM rate (torch.matmul, this run): " + ", ".join(f"{k}: {v:.0f} GFLOP/s" for k, v in gemm.items()))
     for name, flops in flops_by_config.items():
-        print(f"\nGEMM FLOPs per update, {name} (batch {BATCH}, K={NUM_STEPS}):")
+        print(f"\nGEMM FLOPs per update, {name} {CONFIGS[name]} (batch {BATCH}, K={NUM_STEPS}):")
         for part, f in flops.items():
             print(f"  {part:34s} {f / 1e9:8.3f} GFLOP")
     print("\n| config | mode | first call (compile) s | ms / update (median) | min ms | updates/s | GFLOP/s | % of fp32 GEMM (256x512x512) |")
