@@ -233,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             print(f"  {name:16s} {mode:24s} {r['ms_per_update']:8.2f} ms (compile/first call {r['first_call_s']:.1f} s)", flush=True)
     bf16_effect = bf16_loss_effect(CONFIGS["reference"] if not args.config else CONFIGS[args.config[0]], batch)
 
-    print(f"\nGEMM rate (torch.matmul, this run): " + ", ".join(f"{k}: {v:.0f} GFLOP/s" for k, v in gemm.items()))
+    print("\nGEMM rate (torch.matmul, this run): " + ", ".join(f"{k}: {v:.0f} GFLOP/s" for k, v in gemm.items()))
     for name, flops in flops_by_config.items():
         print(f"\nGEMM FLOPs per update, {name} {CONFIGS[name]} (batch {BATCH}, K={NUM_STEPS}):")
         for part, f in flops.items():

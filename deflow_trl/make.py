@@ -24,6 +24,7 @@ def make_deflow(
     normalize_q_loss: bool = True,  # scale the refiner's Q term by 1/mean|Q|
     init_log_alpha: float = 1.0,  # initial log α of the trust-region multiplier
     freeze_flow: bool = False,  # keep the behaviour flow fixed (online fine-tuning)
+    bf16_solves: bool = False,  # the loss's no-grad ODE solve under bf16 autocast (≈1.4× faster update on AVX512-BF16 CPUs)
     sampling: str = "plain",  # evaluation sampling: "plain", "best_of_n", "iterative"
     num_samples: int = 8,  # N for best-of-N sampling
     refine_iterations: int = 3,  # k for iterative refinement
@@ -70,5 +71,6 @@ def make_deflow(
         normalize_q_loss=normalize_q_loss,
         init_log_alpha=init_log_alpha,
         freeze_flow=freeze_flow,
+        bf16_solves=bf16_solves,
     )
     return policy, loss

@@ -139,14 +139,20 @@ class FlowSampler(nn.Module):
             return compiled_unit(unit, precision, self.num_flow_steps, self.solver)(weights, obs, noise)
         return UNITS[unit](weights, obs, noise, self.num_flow_steps, self.solver)
 
+    def _plain(self) -> bool:
+        # Inside an enclosing torch.compile (e.g. a compiled update step) the
+        # plain ops are traced into the caller's graph; a nested compiled or
+        # Triton unit would only split it.
+        return self.backend == "eager" or torch.compiler.is_compiling()
+
     @torch.no_grad()
     def base_actions(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        if self.backend == "eager":
+        if self._plain():
             return solve_flow(self.velocity, obs, noise, self.num_flow_steps, self.solver)
         return self._run("base", obs, noise)
 
     @torch.no_grad()
     def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        if self.backend == "eager":
+        if self._plain():
             return refine(self.refiner, obs, self.base_actions(obs, noise))
         return self._run("policy", obs, noise)

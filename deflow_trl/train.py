@@ -41,6 +41,7 @@ CONFIG_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, 
 AGENT_KEYS = (
     "hidden_sizes", "num_critics", "num_flow_steps", "solver", "discount", "target_divergence", "q_agg",
     "normalize_q_loss", "init_log_alpha", "sampling", "num_samples", "refine_iterations", "backend", "refine",
+    "bf16_solves",
 )
 
 

@@ -16,3 +16,24 @@ def tiny_ogbench_dir(tmp_path_factory):
                      seed=0, progress=False)
     generate_dataset("puzzle-3x3-play-v0", 2, episode_length=40, dataset_dir=str(d), seed=0, progress=False)
     return str(d)
+
+
+def random_transitions(n, obs_dim, act_dim, seed=0, terminal_prob=0.0):
+    """A batch of random transitions in TorchRL's layout (actions in [-1, 1])."""
+    import torch
+    from tensordict import TensorDict
+
+    g = torch.Generator().manual_seed(seed)
+    return TensorDict(
+        {
+            "observation": torch.randn(n, obs_dim, generator=g),
+            "action": torch.rand(n, act_dim, generator=g) * 2 - 1,
+            "next": {
+                "observation": torch.randn(n, obs_dim, generator=g),
+                "reward": torch.randn(n, 1, generator=g),
+                "done": torch.zeros(n, 1, dtype=torch.bool),
+                "terminated": torch.rand(n, 1, generator=g) < terminal_prob,
+            },
+        },
+        batch_size=[n],
+    )

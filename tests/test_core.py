@@ -2,6 +2,7 @@
 import math
 
 import pytest
+from conftest import random_transitions
 import torch
 from tensordict import TensorDict
 from torch import nn
@@ -10,8 +11,6 @@ from torchrl.objectives import SoftUpdate
 from deflow_trl import (
     CriticEnsemble,
     DeFlowActor,
-    DeFlowLoss,
-    Refiner,
     VelocityField,
     make_deflow,
     solve_flow,
@@ -21,20 +20,7 @@ OBS, ACT, H = 4, 2, (32, 32)
 
 
 def batch(n=16, obs_dim=OBS, act_dim=ACT, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return TensorDict(
-        {
-            "observation": torch.randn(n, obs_dim, generator=g),
-            "action": torch.rand(n, act_dim, generator=g) * 2 - 1,
-            "next": {
-                "observation": torch.randn(n, obs_dim, generator=g),
-                "reward": torch.randn(n, 1, generator=g),
-                "done": torch.zeros(n, 1, dtype=torch.bool),
-                "terminated": torch.zeros(n, 1, dtype=torch.bool),
-            },
-        },
-        batch_size=[n],
-    )
+    return random_transitions(n, obs_dim, act_dim, seed)
 
 
 @pytest.fixture

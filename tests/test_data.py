@@ -233,7 +233,7 @@ def test_missing_dataset_names_generate_command(tmp_path):
     with pytest.raises(FileNotFoundError) as e:
         load_ogbench_dataset(CUBE, dataset_dir=str(tmp_path))
     msg = str(e.value)
-    assert f"python -m deflow_trl.data.generate --env cube-single-play-v0" in msg
+    assert "python -m deflow_trl.data.generate --env cube-single-play-v0" in msg
     assert f"--dataset-dir {tmp_path}" in msg and "cube-single-play-v0.npz" in msg
 
 

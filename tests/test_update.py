@@ -7,6 +7,7 @@ import pathlib
 
 import pytest
 import torch
+from conftest import random_transitions
 from tensordict import TensorDict
 from torchrl.objectives import HardUpdate, SoftUpdate
 
@@ -19,20 +20,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _batch(seed: int = 0, batch: int = B) -> TensorDict:
-    g = torch.Generator().manual_seed(seed)
-    return TensorDict(
-        {
-            "observation": torch.randn(batch, OBS, generator=g),
-            "action": torch.rand(batch, ACT, generator=g) * 2 - 1,
-            "next": {
-                "observation": torch.randn(batch, OBS, generator=g),
-                "reward": -torch.rand(batch, 1, generator=g),
-                "done": torch.zeros(batch, 1, dtype=torch.bool),
-                "terminated": torch.rand(batch, 1, generator=g) < 0.1,
-            },
-        },
-        batch_size=[batch],
-    )
+    return random_transitions(batch, OBS, ACT, seed, terminal_prob=0.1)
 
 
 def _setup(hidden=TINY, seed: int = 0, compile: bool = False, num_flow_steps: int = 4, **kwargs):
