@@ -16,7 +16,7 @@ from deflow_trl.train import CONFIG_DIR, ConfigError, run
 
 TINY = [
     "agent.hidden_sizes=[32,32]", "agent.num_flow_steps=2", "batch_size=16", "eval_episodes=1",
-    "progress=false", "data.generate_if_missing=false",
+    "progress=false", "data.generate_if_missing=false", "compile_update=false", "agent.backend=eager",
 ]
 
 
@@ -58,6 +58,17 @@ def test_resume_continues_exactly(tiny_ogbench_dir, tmp_path):
     assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
     sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
     assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
+
+
+@pytest.mark.slow
+def test_compiled_update_and_sampler_in_the_app(tiny_ogbench_dir, tmp_path):
+    """The defaults of a full run: compiled update step, compiled policy sampler."""
+    cfg = config(tiny_ogbench_dir, "offline_steps=4", "eval_interval=4", "save_interval=4", "log_interval=2",
+                 "compile_update=true", "agent.backend=compile", "agent.hidden_sizes=[8]", "agent.num_flow_steps=2")
+    result = run(cfg, str(tmp_path))
+    assert result["step"] == 4 and 0 <= result["success_rate"] <= 1
+    steps, values = read_scalar(str(tmp_path), "train/loss_critic")
+    assert steps.tolist() == [2, 4] and torch.isfinite(torch.tensor(values)).all()
 
 
 def test_resume_false_refuses_an_existing_run(tiny_ogbench_dir, tmp_path):
