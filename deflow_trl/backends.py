@@ -254,6 +254,17 @@ def _fresh_function(fn: Callable, name: str) -> Callable:
     return types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
 
 
+#: Inductor options of every compiled unit here (the update step's
+#: ``compile_options["options"]`` override them). ``cpp.enable_tiling_heuristics=False``: the C++ backend's
+#: heuristic leaves a pointwise kernel unvectorised when it has a strided load
+#: and few ops. The ODE's first layer (``obs_proj + x W_x + t·w_t`` then GELU)
+#: reads ``w_t``, a column of the first weight (stride = its input width), and
+#: the scalar kernel (one ``std::tanh`` per element) cost ≈ 0.6 ms per Euler
+#: step at width 64 (1 thread) -- more than the whole eager step's GEMMs.
+#: Ignored by non-C++ backends (CUDA/Triton).
+CPU_INDUCTOR_OPTIONS = {"cpp.enable_tiling_heuristics": False}
+
+
 def compiled_unit(unit: str, precision: str, num_steps: int, solver: str, mode: str | None = None) -> Callable:
     """The ``torch.compile``-d ``unit`` (``"base"`` or ``"policy"``), created on
     first request and cached per (unit, precision, K, solver, mode).
@@ -271,5 +282,6 @@ def compiled_unit(unit: str, precision: str, num_steps: int, solver: str, mode: 
             return inner(w, obs, noise, num_steps, solver)
 
         fn = _fresh_function(run, f"deflow_{unit}_{precision}_{solver}{num_steps}")
-        _compiled[key] = torch.compile(fn, fullgraph=True, dynamic=None, mode=mode)
+        options = None if mode is not None else CPU_INDUCTOR_OPTIONS  # torch.compile takes mode or options
+        _compiled[key] = torch.compile(fn, fullgraph=True, dynamic=None, mode=mode, options=options)
     return _compiled[key]

@@ -86,16 +86,9 @@ from tensordict import TensorDictBase
 from torchrl.objectives import LossModule, SoftUpdate
 from torchrl.objectives.utils import TargetNetUpdater
 
+from deflow_trl.backends import CPU_INDUCTOR_OPTIONS
 
-#: Inductor options added by default (a caller's ``compile_options["options"]``
-#: override them). ``cpp.enable_tiling_heuristics=False``: the C++ backend's
-#: heuristic leaves a pointwise kernel unvectorised when it has a strided load
-#: and few ops. The ODE's first layer (``obs_proj + x W_x + t·w_t`` then GELU)
-#: reads ``w_t``, a column of the first weight (stride = its input width), and
-#: the scalar kernel (one ``std::tanh`` per element) cost ≈ 0.6 ms per Euler
-#: step at width 64 (1 thread) -- more than the whole eager step's GEMMs.
-#: Ignored by non-C++ backends (CUDA/Triton).
-CPU_INDUCTOR_OPTIONS = {"cpp.enable_tiling_heuristics": False}
+
 
 
 def _total_loss(out: TensorDictBase) -> torch.Tensor:
