@@ -200,6 +200,14 @@ def run(cfg: DictConfig, run_dir: str) -> dict:
     step, online_data = 0, None
     if found is not None:
         state, path = found
+        saved = state.get("config", {})
+        now = OmegaConf.to_container(cfg, resolve=True)
+        changed = [k for k in ("agent", "dataset", "seed", "batch_size") if k in saved and saved[k] != now[k]]
+        if changed:
+            raise ConfigError(
+                f"{path} was trained with different {', '.join(changed)} than this command; "
+                "resume with the same settings, or use another hydra.run.dir"
+            )
         try:
             loss.load_state_dict(state["loss"])
             optimizer.load_state_dict(state["optimizer"])

@@ -71,10 +71,12 @@ def test_compiled_update_and_sampler_in_the_app(tiny_ogbench_dir, tmp_path):
     assert steps.tolist() == [2, 4] and torch.isfinite(torch.tensor(values)).all()
 
 
-def test_resume_false_refuses_an_existing_run(tiny_ogbench_dir, tmp_path):
+def test_resume_refuses_an_existing_run_or_changed_settings(tiny_ogbench_dir, tmp_path):
     run(config(tiny_ogbench_dir, "offline_steps=2", "save_interval=2", "eval_interval=100"), str(tmp_path))
     with pytest.raises(ConfigError, match="already holds checkpoints"):
         run(config(tiny_ogbench_dir, "offline_steps=4", "resume=false"), str(tmp_path))
+    with pytest.raises(ConfigError, match="different agent"):
+        run(config(tiny_ogbench_dir, "offline_steps=4", "agent.target_divergence=0.5"), str(tmp_path))
 
 
 @pytest.mark.parametrize(
