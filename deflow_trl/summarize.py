@@ -58,6 +58,34 @@ def summarize(roots: list[str]) -> list[dict]:
     return rows
 
 
+def plot_sweep(roots: list[str], out: str) -> str:
+    """Success rate against steps, mean ± std over seeds, one curve per (agent, dataset)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
+    for root in roots:
+        for d in run_dirs(root):
+            r = run_score(d)
+            if r is not None:
+                curves[(r["agent"], r["dataset"])].append(read_scalar(d, "eval/success_rate"))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (agent, dataset), runs in sorted(curves.items()):
+        common = sorted(set.intersection(*(set(s.tolist()) for s, _ in runs)))
+        values = np.array([[dict(zip(s.tolist(), v))[c] for c in common] for s, v in runs]) * 100
+        mean, std = values.mean(0), values.std(0)
+        ax.plot(common, mean, marker="o", label=f"{agent} ({len(runs)} seeds)")
+        ax.fill_between(common, mean - std, mean + std, alpha=0.2)
+    ax.set(xlabel="step", ylabel="success rate %", ylim=(-2, 102), title=", ".join(sorted({d for _, d in curves})))
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
 def format_table(rows: list[dict]) -> str:
     lines = ["| agent | dataset | success % (mean ± std) | seeds | per seed | steps |", "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
@@ -70,6 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("roots", nargs="+", help="run or sweep directories")
     p.add_argument("--json", default=None, help="also write the rows as JSON here")
+    p.add_argument("--plot", default=None, help="also write success-rate curves (mean ± std over seeds) to this PNG")
     a = p.parse_args(argv)
     missing = [r for r in a.roots if not os.path.isdir(r)]
     if missing:
@@ -81,6 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=2)
+    if a.plot:
+        print(f"curves: {plot_sweep(a.roots, a.plot)}")
 
 
 if __name__ == "__main__":

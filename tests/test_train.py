@@ -174,7 +174,8 @@ def test_multirun_sweep_and_summarize(tiny_ogbench_dir, tmp_path):
            "offline_steps=6", "eval_interval=2", "save_interval=6", f"hydra.sweep.dir={sweep}"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    out = subprocess.run([sys.executable, "-m", "deflow_trl.summarize", str(sweep), "--json", str(tmp_path / "s.json")],
+    out = subprocess.run([sys.executable, "-m", "deflow_trl.summarize", str(sweep), "--json", str(tmp_path / "s.json"),
+                          "--plot", str(tmp_path / "curves.png")],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "| deflow | cube-single-play-singletask-task1-v0 |" in out.stdout
@@ -183,3 +184,4 @@ def test_multirun_sweep_and_summarize(tiny_ogbench_dir, tmp_path):
     rows = json.load(open(tmp_path / "s.json"))
     assert rows[0]["seeds"] == 2 and rows[0]["last_step"] == 6
     assert all(0 <= s <= 100 for s in rows[0]["per_seed"])
+    assert (tmp_path / "curves.png").stat().st_size > 5_000
