@@ -266,7 +266,9 @@ def run(cfg: DictConfig, run_dir: str) -> dict:
 
         loss.freeze_flow = cfg.online.freeze_flow
         env = make_ogbench_env(cfg.dataset, seed=cfg.seed + 1)
-        collector = Collector(env, policy, frames_per_batch=1, total_frames=total - step, device=device)
+        # The policy is stateless: no InitTracker/primer transforms to register on the env.
+        collector = Collector(env, policy, frames_per_batch=1, total_frames=total - step, device=device,
+                              auto_register_policy_transforms=False)
         keys = list(data.keys(True, True))
         online_data = online_data if online_data is not None else data[:0].clone()
         for batch in collector:

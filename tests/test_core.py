@@ -163,7 +163,7 @@ def test_actor_in_env_rollout_and_collector(deflow):
     policy, _ = make_deflow(3, 1, hidden_sizes=(16,))
     rollout = env.rollout(20, policy)
     assert rollout["action"].shape == (20, 1) and rollout["action"].abs().max() <= 1
-    collector = Collector(env, policy, frames_per_batch=10, total_frames=20)
+    collector = Collector(env, policy, frames_per_batch=10, total_frames=20, auto_register_policy_transforms=False)
     frames = sum(b.numel() for b in collector)
     collector.shutdown()
     assert frames == 20
