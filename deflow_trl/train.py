@@ -182,8 +182,9 @@ def run(cfg: DictConfig, run_dir: str) -> dict:
     data = prepare_dataset(cfg)
     if cfg.batch_size > data.shape[0]:
         raise ConfigError(f"batch_size={cfg.batch_size} is larger than the dataset ({data.shape[0]} transitions)")
-    capacity = data.shape[0] + cfg.online_steps if cfg.online.buffer_size is None else cfg.online.buffer_size
-    buffer = make_buffer(data, capacity, cfg.batch_size, cfg.data.storage, os.path.join(run_dir, "buffer"))
+    num_offline = data.shape[0]
+    # Room for every online step: nothing is evicted, and the online part is buffer[num_offline:].
+    buffer = make_buffer(data, num_offline + cfg.online_steps, cfg.batch_size, cfg.data.storage, os.path.join(run_dir, "buffer"))
     obs_dim, act_dim = data["observation"].shape[-1], data["action"].shape[-1]
 
     # Networks, loss, optimiser, target updates.
@@ -197,7 +198,7 @@ def run(cfg: DictConfig, run_dir: str) -> dict:
     else:
         update = FlowBCUpdate(loss, optimizer)
 
-    step, online_data = 0, None
+    step = 0
     if found is not None:
         state, path = found
         saved = state.get("config", {})
@@ -218,9 +219,8 @@ def run(cfg: DictConfig, run_dir: str) -> dict:
             ) from None
         set_rng_state(state["rng"])
         step = int(state["step"])
-        online_data = state.get("online_data")
-        if online_data is not None:
-            buffer.extend(TensorDict.from_dict(online_data, batch_dims=1))
+        if state.get("online_data") is not None:
+            buffer.extend(TensorDict.from_dict(state["online_data"], batch_dims=1))
         log.info("resumed from %s at step %d", path, step)
 
     metrics = Metrics(cfg, run_dir)
@@ -231,8 +231,8 @@ def run(cfg: DictConfig, run_dir: str) -> dict:
     def save():
         state = {"step": step, "loss": loss.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(),
                  "config": OmegaConf.to_container(cfg, resolve=True)}
-        if online_data is not None:
-            state["online_data"] = online_data.to_dict()
+        if len(buffer) > num_offline:
+            state["online_data"] = buffer[num_offline : len(buffer)].to_dict()
         save_checkpoint(ckpt_dir, step, state, keep=cfg.keep_checkpoints)
 
     def maybe_log_eval_save(out):
@@ -270,17 +270,19 @@ def run(cfg: DictConfig, run_dir: str) -> dict:
         collector = Collector(env, policy, frames_per_batch=1, total_frames=total - step, device=device,
                               auto_register_policy_transforms=False)
         keys = list(data.keys(True, True))
-        online_data = online_data if online_data is not None else data[:0].clone()
+        episodes = successes = 0
         for batch in collector:
-            batch = batch.reshape(-1).select(*keys).to("cpu")
-            buffer.extend(batch)
-            online_data = torch.cat([online_data, batch])
+            batch = batch.reshape(-1)
+            ended = batch["next", "done"].squeeze(-1)
+            episodes += int(ended.sum())
+            successes += int((batch["next", "success"].squeeze(-1) & ended).sum())
+            buffer.extend(batch.select(*keys).to("cpu"))
             out = update(buffer.sample().to(device))
             step += 1
             bar.update(1)
-            success = batch["next", "success"].float().mean().item() if ("next", "success") in batch.keys(True) else math.nan
             if step % cfg.log_interval == 0:
-                metrics.log({"online/buffer_size": len(buffer), "online/step_success": success}, step)
+                metrics.log({"online/buffer_size": len(buffer), "online/episodes": episodes,
+                             "online/episode_success_rate": successes / max(episodes, 1)}, step)
             maybe_log_eval_save(out)
         collector.shutdown()
     bar.close()

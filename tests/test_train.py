@@ -111,6 +111,13 @@ def test_offline_to_online_adds_transitions_to_the_buffer(tiny_ogbench_dir, tmp_
     steps, sizes = read_scalar(str(tmp_path), "online/buffer_size")
     n = 147  # 3 episodes of 50 steps -> 147 transitions (see conftest)
     assert steps.tolist() == [8, 12, 16] and sizes.tolist() == [n + 4, n + 8, n + 12]
+    # The checkpointed online part is exactly the last 12 transitions of the buffer, in order.
+    assert online["next"]["observation"][:-1].equal(online["observation"][1:])  # one continuing episode
+    # Resuming restores them: 8 more online steps continue after the 12 saved ones.
+    run(config(tiny_ogbench_dir, "offline_steps=4", "online_steps=20", "eval_interval=100", "log_interval=4",
+               "save_interval=8", "online.freeze_flow=true"), str(tmp_path))
+    steps, sizes = read_scalar(str(tmp_path), "online/buffer_size")
+    assert steps.tolist()[-2:] == [20, 24] and sizes.tolist()[-2:] == [n + 16, n + 20]
 
 
 def test_flow_bc_trains_only_the_flow(tiny_ogbench_dir, tmp_path):
