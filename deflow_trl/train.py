@@ -323,8 +323,8 @@ def main(cfg: DictConfig) -> None:
     try:
         run(cfg, HydraConfig.get().runtime.output_dir)
     except (ConfigError, FileNotFoundError) as err:
-        log.error("%s", err)
-        raise SystemExit(f"error: {err}") from None
+        log.error("%s", err)  # once, to the console and the run's train.log
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":
