@@ -235,6 +235,11 @@ def run(cfg: DictConfig, run_dir: str) -> dict:
             state["online_data"] = buffer[num_offline : len(buffer)].to_dict()
         save_checkpoint(ckpt_dir, step, state, keep=cfg.keep_checkpoints)
 
+    def run_eval() -> dict:
+        result = evaluate(policy, eval_env, cfg.eval_episodes, seed=cfg.seed, progress=False)
+        return {"success_rate": result["success_rate"], "return_mean": result["return_mean"],
+                "length_mean": result["length_mean"], "step": step}
+
     def maybe_log_eval_save(out):
         nonlocal last_eval
         if step % cfg.log_interval == 0 or step == total:
@@ -242,11 +247,9 @@ def run(cfg: DictConfig, run_dir: str) -> dict:
             metrics.log(values, step)
             bar.set_postfix({k: f"{out[k].item():.3g}" for k in ("loss_critic", "loss_flow", "divergence", "alpha")})
         if step % cfg.eval_interval == 0 or step == total:
-            result = evaluate(policy, eval_env, cfg.eval_episodes, seed=cfg.seed, progress=False)
-            last_eval = {"success_rate": result["success_rate"], "return_mean": result["return_mean"], "step": step}
-            metrics.log({"eval/success_rate": result["success_rate"], "eval/return_mean": result["return_mean"],
-                         "eval/length_mean": result["length_mean"]}, step)
-            tqdm.write(f"step {step}: success rate {100 * result['success_rate']:.1f}% over {cfg.eval_episodes} episodes")
+            last_eval = run_eval()
+            metrics.log({f"eval/{k}": last_eval[k] for k in ("success_rate", "return_mean", "length_mean")}, step)
+            tqdm.write(f"step {step}: success rate {100 * last_eval['success_rate']:.1f}% over {cfg.eval_episodes} episodes")
         if step % cfg.save_interval == 0 or step == total:
             save()
 
@@ -288,8 +291,7 @@ def run(cfg: DictConfig, run_dir: str) -> dict:
     bar.close()
 
     if not last_eval:  # resumed a finished run: report its policy once more
-        result = evaluate(policy, eval_env, cfg.eval_episodes, seed=cfg.seed, progress=False)
-        last_eval = {"success_rate": result["success_rate"], "return_mean": result["return_mean"], "step": step}
+        last_eval = run_eval()
     eval_env.close()
     elapsed = time.perf_counter() - start
     png = plot_run(run_dir, target_divergence=cfg.agent.target_divergence if cfg.agent.refine else None)
