@@ -27,11 +27,11 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tensordict import TensorDict
-from torchrl.data import LazyTensorStorage, RandomSampler, TensorDictReplayBuffer
 from torchrl.objectives import SoftUpdate
 from tqdm import tqdm
 
 from deflow_trl.checkpoint import load_latest_checkpoint, rng_state, save_checkpoint, set_rng_state
+from deflow_trl.data import replay_buffer_from_transitions
 from deflow_trl.make import make_deflow
 from deflow_trl.update import make_update
 
@@ -123,15 +123,6 @@ def prepare_dataset(cfg: DictConfig) -> TensorDict:
     return load_ogbench_dataset(cfg.dataset, cfg.data.dataset_dir, download=cfg.data.download)
 
 
-def make_buffer(data: TensorDict, capacity: int, batch_size: int, storage: str, scratch_dir: str) -> TensorDictReplayBuffer:
-    from torchrl.data import LazyMemmapStorage
-
-    store = LazyTensorStorage(capacity) if storage == "ram" else LazyMemmapStorage(capacity, scratch_dir=scratch_dir)
-    buffer = TensorDictReplayBuffer(storage=store, sampler=RandomSampler(), batch_size=batch_size)
-    buffer.extend(data)
-    return buffer
-
-
 # ----------------------------------------------------------------------------- logging
 class Metrics:
     """TorchRL loggers: CSV always (the plot and ``summarize`` read it), plus
@@ -184,7 +175,10 @@ def run(cfg: DictConfig, run_dir: str) -> dict:
         raise ConfigError(f"batch_size={cfg.batch_size} is larger than the dataset ({data.shape[0]} transitions)")
     num_offline = data.shape[0]
     # Room for every online step: nothing is evicted, and the online part is buffer[num_offline:].
-    buffer = make_buffer(data, num_offline + cfg.online_steps, cfg.batch_size, cfg.data.storage, os.path.join(run_dir, "buffer"))
+    buffer = replay_buffer_from_transitions(
+        data, cfg.batch_size, capacity=num_offline + cfg.online_steps, storage=cfg.data.storage,
+        scratch_dir=os.path.join(run_dir, "buffer"),
+    )
     obs_dim, act_dim = data["observation"].shape[-1], data["action"].shape[-1]
 
     # Networks, loss, optimiser, target updates.

@@ -303,3 +303,17 @@ def test_iav_cli(tiny_ogbench_dir, capsys):
     main(["--dataset", "cube-single-play-v0", "--dataset-dir", tiny_ogbench_dir, "--max-queries", "0"])
     text = capsys.readouterr().out
     assert f"IAV = {out['iav']:.4g}" in text and f"proposed delta (cube) = {out['delta']:.3g}" in text
+
+
+def test_replay_buffer_from_transitions_capacity():
+    from conftest import random_transitions
+
+    from deflow_trl.data import replay_buffer_from_transitions
+
+    data = random_transitions(20, 3, 2)
+    rb = replay_buffer_from_transitions(data, 4, capacity=30)
+    assert len(rb) == 20 and rb.sample()["observation"].shape == (4, 3)
+    rb.extend(random_transitions(10, 3, 2, seed=1))
+    assert len(rb) == 30 and rb[:20]["observation"].equal(data["observation"])  # nothing evicted
+    with pytest.raises(ValueError, match="smaller than the 20 transitions"):
+        replay_buffer_from_transitions(data, 4, capacity=10)

@@ -13,6 +13,7 @@ from deflow_trl.data.ogbench import (
     make_ogbench_replay_buffer,
     ogbench_dataset_path,
     prioritized_replay_available,
+    replay_buffer_from_transitions,
 )
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "ogbench_dataset_path",
     "parse_ogbench_name",
     "prioritized_replay_available",
+    "replay_buffer_from_transitions",
 ]

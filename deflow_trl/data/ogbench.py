@@ -56,6 +56,7 @@ __all__ = [
     "ogbench_dataset_path",
     "load_ogbench_dataset",
     "make_ogbench_replay_buffer",
+    "replay_buffer_from_transitions",
     "prioritized_replay_available",
 ]
 
@@ -275,8 +276,15 @@ def make_ogbench_replay_buffer(
     The buffer's capacity equals the dataset size; extend it with a larger storage yourself
     for offline-to-online training.
     """
-    from torchrl.data import LazyMemmapStorage, LazyTensorStorage, RandomSampler, TensorDictReplayBuffer
+    _check_buffer_args(storage, sampler)  # before any file is read
+    data = load_ogbench_dataset(name, dataset_dir, split, dataset_path=dataset_path, download=download)
+    return replay_buffer_from_transitions(
+        data, batch_size, storage=storage, sampler=sampler, scratch_dir=scratch_dir,
+        transform=transform, prefetch=prefetch, alpha=alpha, beta=beta,
+    )
 
+
+def _check_buffer_args(storage: str, sampler: str) -> None:
     if storage not in ("ram", "memmap"):
         raise ValueError(f"storage must be 'ram' or 'memmap', got {storage!r}")
     if sampler not in ("uniform", "prioritized"):
@@ -286,15 +294,39 @@ def make_ogbench_replay_buffer(
             "sampler='prioritized' needs torchrl's compiled C++ extension (torchrl._torchrl, segment trees), "
             f"which fails to load with this torch ({torch.__version__}); use sampler='uniform'."
         )
-    data = load_ogbench_dataset(name, dataset_dir, split, dataset_path=dataset_path, download=download)
-    n = data.shape[0]
-    store = LazyTensorStorage(n) if storage == "ram" else LazyMemmapStorage(n, scratch_dir=scratch_dir)
+
+
+def replay_buffer_from_transitions(
+    data: TensorDict,
+    batch_size: int,
+    *,
+    capacity: int | None = None,
+    storage: Literal["ram", "memmap"] = "ram",
+    sampler: Literal["uniform", "prioritized"] = "uniform",
+    scratch_dir: str | None = None,
+    transform=None,
+    prefetch: int | None = None,
+    alpha: float = 0.6,
+    beta: float = 0.4,
+):
+    """A ``TensorDictReplayBuffer`` whose initial content is ``data`` (any transitions TensorDict).
+
+    ``capacity`` defaults to ``len(data)``; give more room to add online transitions
+    without evicting the dataset. Other arguments as :func:`make_ogbench_replay_buffer`.
+    """
+    from torchrl.data import LazyMemmapStorage, LazyTensorStorage, RandomSampler, TensorDictReplayBuffer
+
+    _check_buffer_args(storage, sampler)
+    capacity = data.shape[0] if capacity is None else capacity
+    if capacity < data.shape[0]:
+        raise ValueError(f"capacity {capacity} is smaller than the {data.shape[0]} transitions to store")
+    store = LazyTensorStorage(capacity) if storage == "ram" else LazyMemmapStorage(capacity, scratch_dir=scratch_dir)
     if sampler == "uniform":
         smp = RandomSampler()
     else:
         from torchrl.data import PrioritizedSampler
 
-        smp = PrioritizedSampler(n, alpha=alpha, beta=beta)
+        smp = PrioritizedSampler(capacity, alpha=alpha, beta=beta)
     rb = TensorDictReplayBuffer(storage=store, sampler=smp, batch_size=batch_size, transform=transform, prefetch=prefetch)
     rb.extend(data)
     return rb
