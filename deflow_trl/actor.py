@@ -33,11 +33,15 @@ class DeFlowActor(TensorDictModuleBase):
         solver (str): ``"euler"`` (reference) or ``"midpoint"``.
         sampling (str): ``"plain"`` — one base sample, one refinement;
             ``"best_of_n"`` — ``num_samples`` base samples, each refined, keep
-            the one with the highest Q (ensemble mean); ``"iterative"`` —
-            apply the refiner ``refine_iterations`` times and keep the iterate
-            with the highest Q.
-        num_samples (int): N for best-of-N (default 8).
-        refine_iterations (int): k for iterative refinement (default 3).
+            the refined action with the highest Q (ensemble mean). The public
+            reference instead ranks the *unrefined* base samples, picks the
+            argmin (contrary to its docstring) and refines the winner; ranking
+            refined actions by argmax is this project's deliberate choice.
+            ``"iterative"`` — apply the refiner ``refine_iterations`` times and
+            keep the highest-Q candidate among the unrefined base sample and
+            every iterate (as the reference).
+        num_samples (int): N for best-of-N (default 10, as the reference).
+        refine_iterations (int): k for iterative refinement (default 5, as the reference).
         backend (str): sampler backend (see :mod:`deflow_trl.sampler`).
         refine (bool): apply the refiner (default). ``False`` acts with the
             behaviour flow's base samples alone: the flow-BC baseline.
@@ -63,8 +67,8 @@ class DeFlowActor(TensorDictModuleBase):
         num_flow_steps: int = 10,
         solver: str = "euler",
         sampling: str = "plain",
-        num_samples: int = 8,
-        refine_iterations: int = 3,
+        num_samples: int = 10,
+        refine_iterations: int = 5,
         backend: str = "eager",
         refine: bool = True,
         observation_key: NestedKey = "observation",
@@ -161,8 +165,9 @@ class DeFlowActor(TensorDictModuleBase):
         return candidates.reshape(b, n, -1)[torch.arange(b, device=obs.device), best]
 
     def _iterative(self, obs: torch.Tensor) -> torch.Tensor:
+        # Candidates: the unrefined base sample and every iterate (as the reference).
         action = self.sampler.base_actions(obs, self.draw_noise(obs.shape[0], self.action_dim, like=obs))
-        iterates, scores = [], []
+        iterates, scores = [action], [self._q(obs, action)]
         for _ in range(self.refine_iterations):
             action = refine(self.refiner, obs, action)
             iterates.append(action)

@@ -25,14 +25,15 @@ class DeFlowLoss(LossModule):
     With transitions ``(s, a, r, s', m)`` (``m = 1 - terminated``), noise drawn
     explicitly (never a zero latent), and ``a_base`` a no-grad K-step flow sample:
 
-    * critic: ``L_Q = Σ_i mean_b (Q_ψi(s, a) − y)²`` with
+    * critic: ``L_Q = mean_i mean_b (Q_ψi(s, a) − y)²`` (the reference's mean over members) with
       ``y = r + γ m · agg_i Q_ψ̄i(s', π(s'))``, ``agg`` = mean or min,
       ``π(s') = clip(a'_base + r_φ(s', a'_base))``;
     * flow matching: ``L_flow = mean ‖v_θ(s, x_t, t) − (a − x_0)‖²`` (mean over
       batch and action dims, as the reference), ``x_t = (1 − t) x_0 + t a``;
     * refiner: ``L_r = −λ mean_i Q_ψi(s, a_π) + sg(α) · mean Δ²`` with
       ``Δ = r_φ(s, a_base)``, ``a_π = clip(a_base + Δ)``, and
-      ``λ = 1 / sg(mean |Q|)`` when ``normalize_q_loss``;
+      ``λ = 1 / sg(mean_b |mean_i Q_ψi(s, a_π)|)`` when ``normalize_q_loss`` (the
+      absolute value of the ensemble mean, then the batch mean, as the reference);
     * dual ascent: ``L_α = −log α · (sg(mean Δ²) − δ)``.
 
     ``mean Δ²`` is the per-dimension divergence, so δ is per action dimension
@@ -50,7 +51,7 @@ class DeFlowLoss(LossModule):
         discount (float): γ (0.99; 0.995 for long-horizon tasks).
         target_divergence (float): δ, the trust-region size (> 0).
         q_agg (str): ``"mean"`` or ``"min"`` over the target ensemble.
-        normalize_q_loss (bool): scale the Q term by ``1 / mean|Q|`` (default True).
+        normalize_q_loss (bool): scale the Q term by ``λ = 1 / mean_b |mean_i Q_i|`` (default True).
         init_log_alpha (float): initial ``log α`` (1.0 as the reference).
         freeze_flow (bool): keep the behaviour flow fixed (``loss_flow`` is
             reported but carries no gradient); used for online fine-tuning.
@@ -298,7 +299,8 @@ class DeFlowLoss(LossModule):
             next_q = next_q.mean(0) if self.q_agg == "mean" else next_q.min(0).values
             target = reward + self.discount * not_terminal * next_q
         q = self._critic(self.critic_params, obs, action)
-        loss_critic = (q - target).pow(2).mean(-1).sum(0)
+        # Mean over members and batch, as the reference (a sum would double the logged loss).
+        loss_critic = (q - target).pow(2).mean()
 
         loss_flow = self._flow_matching(obs, action)
 
@@ -308,8 +310,11 @@ class DeFlowLoss(LossModule):
         q_pi = self._critic(self._cached_detached_critic_params, obs, policy_action)
         divergence = delta.pow(2).mean()
         alpha = self.log_alpha.exp().detach()
-        q_scale = 1.0 / q_pi.abs().mean().detach() if self.normalize_q_loss else 1.0
-        loss_refine = -q_scale * q_pi.mean() + alpha * divergence
+        q_pi_mean = q_pi.mean(0)  # ensemble mean per sample
+        # λ = 1 / sg(mean_b |mean_i Q_i|): |.| of the ensemble mean, then the batch mean
+        # (the reference's normalisation; not the mean of each member's |Q|).
+        q_scale = 1.0 / q_pi_mean.abs().mean().detach() if self.normalize_q_loss else 1.0
+        loss_refine = -q_scale * q_pi_mean.mean() + alpha * divergence
 
         # Dual ascent on log α: α grows while the divergence exceeds δ.
         loss_alpha = -self.log_alpha * (divergence.detach() - self.target_divergence)

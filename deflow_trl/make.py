@@ -21,13 +21,13 @@ def make_deflow(
     discount: float = 0.99,  # γ; 0.995 for long-horizon tasks (puzzle-4x4, humanoidmaze, ...)
     target_divergence: float = 1e-3,  # δ per action dim: 1e-3 cube/scene, 5e-3 puzzle, 1e-2 locomotion
     q_agg: str = "mean",  # aggregation of the target ensemble: "mean" or "min"
-    normalize_q_loss: bool = True,  # scale the refiner's Q term by 1/mean|Q|
+    normalize_q_loss: bool = True,  # scale the refiner's Q term by λ = 1/mean_b|mean_i Q_i|
     init_log_alpha: float = 1.0,  # initial log α of the trust-region multiplier
     freeze_flow: bool = False,  # keep the behaviour flow fixed (online fine-tuning)
     bf16_solves: bool = False,  # the loss's no-grad ODE solve under bf16 autocast (≈1.4× faster update on AVX512-BF16 CPUs)
     sampling: str = "plain",  # evaluation sampling: "plain", "best_of_n", "iterative"
-    num_samples: int = 8,  # N for best-of-N sampling
-    refine_iterations: int = 3,  # k for iterative refinement
+    num_samples: int = 10,  # N for best-of-N sampling (reference 10)
+    refine_iterations: int = 5,  # k for iterative refinement (reference 5)
     backend: str = "eager",  # ODE sampler backend: eager | compile | triton | auto, optional -bf16 suffix
     refine: bool = True,  # False: act with the flow's base samples (flow-BC baseline)
     device: torch.device | str | None = None,  # build on this device (before the loss is made)

@@ -147,7 +147,7 @@ def test_iterative_refinement_keeps_the_highest_q_iterate(deflow):
     )
     chosen = actor.act(obs)
     a = actor.sampler.base_actions(obs, torch.randn(6, ACT, generator=torch.Generator().manual_seed(2)))
-    iterates = []
+    iterates = [a]  # the unrefined base sample is a candidate too (as the reference)
     for _ in range(4):
         a = (a + actor.refiner(obs, a)).clamp(-1, 1)
         iterates.append(a)
