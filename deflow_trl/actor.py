@@ -45,8 +45,19 @@ class DeFlowActor(TensorDictModuleBase):
         backend (str): sampler backend (see :mod:`deflow_trl.sampler`).
         refine (bool): apply the refiner (default). ``False`` acts with the
             behaviour flow's base samples alone: the flow-BC baseline.
+        action_spec (torchrl ``Bounded`` spec, optional): the env's action
+            space. The policy works in [-1, 1] and maps its actions affinely to
+            the spec's bounds; :class:`~deflow_trl.loss.DeFlowLoss` maps dataset
+            actions back. Default: actions in [-1, 1] (OGBench's convention).
+        low / high (float or tensor, optional): the same bounds without a spec.
         observation_key / action_key: TensorDict keys.
+        noise_key (NestedKey, optional): when set and present in the input,
+            the ODE's initial state ``x_0`` is read from it (``[*B, action_dim]``;
+            ``[*B, N, action_dim]`` for best-of-N) instead of drawn: a fixed latent.
         generator (torch.Generator, optional): RNG for the flow's noise.
+
+    The critic (when given) is a registered submodule: weight sync through
+    ``TensorDict.from_module(policy)``, ``state_dict()`` and ``.to()`` include it.
 
     Examples:
         >>> import torch
@@ -71,8 +82,12 @@ class DeFlowActor(TensorDictModuleBase):
         refine_iterations: int = 5,
         backend: str = "eager",
         refine: bool = True,
+        action_spec=None,
+        low: float | torch.Tensor | None = None,
+        high: float | torch.Tensor | None = None,
         observation_key: NestedKey = "observation",
         action_key: NestedKey = "action",
+        noise_key: NestedKey | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
@@ -87,8 +102,12 @@ class DeFlowActor(TensorDictModuleBase):
         if velocity.observation_dim != refiner.observation_dim or velocity.action_dim != refiner.action_dim:
             raise ValueError("velocity field and refiner disagree on observation/action dims")
         self.sampler = FlowSampler(velocity, refiner, num_flow_steps, solver, backend)
-        # Not registered as a submodule: the critic is owned (and trained) by the loss.
-        self.__dict__["critic"] = critic
+        # Registered (weight sync, state_dict, .to()); its parameters are the loss's own.
+        self.critic = critic
+        low, high = _action_bounds(action_spec, low, high, velocity.action_dim)
+        self.register_buffer("action_low", low)
+        self.register_buffer("action_high", high)
+        self.noise_key = noise_key
         self.sampling = sampling
         self.refine = refine
         self.num_samples = num_samples
@@ -109,7 +128,34 @@ class DeFlowActor(TensorDictModuleBase):
 
     @property
     def observation_dim(self) -> int:
+        """Width of the (encoded) observation the MLPs read."""
         return self.velocity.observation_dim
+
+    @property
+    def observation_shape(self) -> tuple[int, ...]:
+        """Shape of one raw observation (``(observation_dim,)`` without an encoder)."""
+        return self.velocity.observation_shape
+
+    @property
+    def parameter_dtype(self) -> torch.dtype:
+        return self.velocity.mlp.linears[0].weight.dtype
+
+    @property
+    def scaled(self) -> bool:
+        """Whether actions are mapped to bounds other than [-1, 1]."""
+        return self.action_low is not None
+
+    def normalize_action(self, action: torch.Tensor) -> torch.Tensor:
+        """Env-space actions → the policy's [-1, 1] space (identity without bounds)."""
+        if self.action_low is None:
+            return action
+        return 2 * (action - self.action_low) / (self.action_high - self.action_low) - 1
+
+    def unnormalize_action(self, action: torch.Tensor) -> torch.Tensor:
+        """The policy's [-1, 1] actions → the env's bounds (identity without bounds)."""
+        if self.action_low is None:
+            return action
+        return self.action_low + (action + 1) * 0.5 * (self.action_high - self.action_low)
 
     @property
     def action_dim(self) -> int:
@@ -120,53 +166,74 @@ class DeFlowActor(TensorDictModuleBase):
         return torch.randn(*shape, device=like.device, dtype=like.dtype, generator=self.generator)
 
     def check_observation(self, obs: torch.Tensor) -> None:
-        if obs.shape[-1:] != (self.observation_dim,):
-            raise ValueError(
-                f"observation has shape {tuple(obs.shape)}; expected last dim {self.observation_dim}"
-            )
-        if not obs.is_floating_point():
-            raise TypeError(f"observation must be floating point, got {obs.dtype}")
-        if not torch.compiler.is_compiling() and not torch.isfinite(obs).all():
+        shape = self.observation_shape
+        if tuple(obs.shape[obs.dim() - len(shape):]) != shape or obs.dim() < len(shape):
+            raise ValueError(f"observation has shape {tuple(obs.shape)}; expected [*batch, {', '.join(map(str, shape))}]")
+        if len(shape) == 1:  # flat observations go straight into the MLPs
+            if not obs.is_floating_point():
+                raise TypeError(f"observation must be floating point, got {obs.dtype}")
+            if obs.dtype != self.parameter_dtype:
+                raise TypeError(
+                    f"observation is {obs.dtype} but the policy's networks are {self.parameter_dtype}; "
+                    "cast it (e.g. torchrl's DoubleToFloat transform on the env)"
+                )
+        if obs.is_floating_point() and not torch.compiler.is_compiling() and not torch.isfinite(obs).all():
             raise ValueError("observation contains NaN or inf")
 
     @torch.no_grad()
-    def act(self, obs: torch.Tensor) -> torch.Tensor:
-        """Actions for observations ``[*B, obs_dim]`` → ``[*B, action_dim]``."""
+    def act(self, obs: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Actions for observations ``[*B, *obs_shape]`` → ``[*B, action_dim]``
+        (in the action spec's bounds when one was given). ``noise``: an
+        optional fixed initial state ``x_0`` (``[*B, action_dim]``, or
+        ``[*B, N, action_dim]`` for best-of-N)."""
         self.check_observation(obs)
-        batch_shape = obs.shape[:-1]
-        obs = obs.reshape(-1, self.observation_dim)
-        noise_shape = (obs.shape[0], self.action_dim)
-        if not self.refine:
-            action = self.sampler.base_actions(obs, self.draw_noise(*noise_shape, like=obs))
-        elif self.sampling == "plain":
-            action = self.sampler(obs, self.draw_noise(*noise_shape, like=obs))
-        elif self.sampling == "best_of_n":
-            action = self._best_of_n(obs)
+        batch_shape = obs.shape[: obs.dim() - len(self.observation_shape)]
+        obs = obs.reshape(-1, *self.observation_shape)
+        b = obs.shape[0]
+        n = self.num_samples if (self.refine and self.sampling == "best_of_n") else 1
+        if noise is None:
+            noise = self.draw_noise(b * n, self.action_dim, like=self.action_head_like(obs))
         else:
-            action = self._iterative(obs)
-        return action.reshape(*batch_shape, self.action_dim)
+            expected = (*batch_shape, n, self.action_dim) if n > 1 else (*batch_shape, self.action_dim)
+            if tuple(noise.shape) != expected:
+                raise ValueError(f"noise must have shape {list(expected)}, got {list(noise.shape)}")
+            noise = noise.reshape(b * n, self.action_dim).to(self.parameter_dtype)
+        if not self.refine:
+            action = self.sampler.base_actions(obs, noise)
+        elif self.sampling == "plain":
+            action = self.sampler(obs, noise)
+        elif self.sampling == "best_of_n":
+            action = self._best_of_n(obs, noise)
+        else:
+            action = self._iterative(obs, noise)
+        return self.unnormalize_action(action.reshape(*batch_shape, self.action_dim))
+
+    def action_head_like(self, obs: torch.Tensor) -> torch.Tensor:
+        """A tensor with the device and float dtype of the actions (pixel observations are uint8)."""
+        return obs if obs.is_floating_point() else self.velocity.mlp.linears[0].weight
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         obs = tensordict.get(self.observation_key, None)
         if obs is None:
             raise KeyError(f"DeFlowActor needs {self.observation_key!r} in the input tensordict")
-        tensordict.set(self.action_key, self.act(obs))
+        noise = tensordict.get(self.noise_key, None) if self.noise_key is not None else None
+        tensordict.set(self.action_key, self.act(obs, noise))
         return tensordict
 
     def _q(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         return self.critic(obs, action).mean(0)
 
-    def _best_of_n(self, obs: torch.Tensor) -> torch.Tensor:
+    def _best_of_n(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         n, b = self.num_samples, obs.shape[0]
-        obs_n = obs.repeat_interleave(n, dim=0)  # [B*N, obs_dim], sample-major per state
-        candidates = self.sampler(obs_n, self.draw_noise(b * n, self.action_dim, like=obs))
+        obs_n = obs.repeat_interleave(n, dim=0)  # [B*N, *obs_shape], sample-major per state
+        candidates = self.sampler(obs_n, noise)
         q = self._q(obs_n, candidates).reshape(b, n)
         best = q.argmax(dim=1)  # the documented intent: the highest Q (the reference used argmin)
         return candidates.reshape(b, n, -1)[torch.arange(b, device=obs.device), best]
 
-    def _iterative(self, obs: torch.Tensor) -> torch.Tensor:
+    def _iterative(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         # Candidates: the unrefined base sample and every iterate (as the reference).
-        action = self.sampler.base_actions(obs, self.draw_noise(obs.shape[0], self.action_dim, like=obs))
+        action = self.sampler.base_actions(obs, noise)
         iterates, scores = [action], [self._q(obs, action)]
         for _ in range(self.refine_iterations):
             action = refine(self.refiner, obs, action)
@@ -174,3 +241,29 @@ class DeFlowActor(TensorDictModuleBase):
             scores.append(self._q(obs, action))
         best = torch.stack(scores, dim=1).argmax(dim=1)
         return torch.stack(iterates, dim=1)[torch.arange(obs.shape[0], device=obs.device), best]
+
+
+def _action_bounds(action_spec, low, high, action_dim: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``(low, high)`` buffers from a Bounded spec or explicit bounds; ``(None, None)`` for [-1, 1]."""
+    if action_spec is not None:
+        if low is not None or high is not None:
+            raise ValueError("give either action_spec or low/high, not both")
+        space = getattr(action_spec, "space", None)
+        if space is None or not hasattr(space, "low"):
+            raise ValueError(
+                f"action_spec must be a bounded spec (torchrl.data.Bounded), got {type(action_spec).__name__}"
+            )
+        low, high = space.low, space.high
+    if low is None and high is None:
+        return None, None
+    if low is None or high is None:
+        raise ValueError("give both low and high")
+    low = torch.as_tensor(low, dtype=torch.float32).expand(action_dim).clone()
+    high = torch.as_tensor(high, dtype=torch.float32).expand(action_dim).clone()
+    if not (torch.isfinite(low).all() and torch.isfinite(high).all()):
+        raise ValueError("action bounds must be finite (DeFlow acts in a bounded box)")
+    if not (high > low).all():
+        raise ValueError(f"action bounds need high > low, got low={low.tolist()}, high={high.tolist()}")
+    if torch.equal(low, -torch.ones_like(low)) and torch.equal(high, torch.ones_like(high)):
+        return None, None  # already the policy's space
+    return low, high

@@ -1,9 +1,11 @@
 """``make_deflow``: the policy and the loss for the common case, in one call."""
 from __future__ import annotations
 
-from typing import Sequence
+import operator
+from typing import Callable, Sequence
 
 import torch
+from torch import nn
 
 from deflow_trl.actor import DeFlowActor
 from deflow_trl.loss import DeFlowLoss
@@ -30,6 +32,9 @@ def make_deflow(
     refine_iterations: int = 5,  # k for iterative refinement (reference 5)
     backend: str = "eager",  # ODE sampler backend: eager | compile | triton | auto, optional -bf16 suffix
     refine: bool = True,  # False: act with the flow's base samples (flow-BC baseline)
+    reduction: str = "mean",  # loss reduction: "mean" | "sum" | "none" (per-sample losses)
+    encoder: str | Callable[[], nn.Module] | None = None,  # None (flat obs), "impala_small" (pixels) or a factory; one encoder per network
+    action_spec=None,  # the env's Bounded action spec: the policy maps [-1, 1] to its bounds (None: OGBench's [-1, 1])
     device: torch.device | str | None = None,  # build on this device (before the loss is made)
 ) -> tuple[DeFlowActor, DeFlowLoss]:
     """Builds DeFlow's networks, the policy and the loss with the reference defaults.
@@ -45,9 +50,12 @@ def make_deflow(
         >>> sum(p.numel() for p in loss.parameters()) > 0
         True
     """
-    velocity = VelocityField(observation_dim, action_dim, hidden_sizes)
-    refiner = Refiner(observation_dim, action_dim, hidden_sizes)
-    critic = CriticEnsemble(observation_dim, action_dim, hidden_sizes, num_critics)
+    observation_dim, action_dim, num_critics = _ints(observation_dim, action_dim, num_critics)
+    new_encoder = _encoder_factory(encoder, observation_dim)
+    feature_dim = None if new_encoder is not None else observation_dim
+    velocity = VelocityField(feature_dim, action_dim, hidden_sizes, encoder=new_encoder and new_encoder())
+    refiner = Refiner(feature_dim, action_dim, hidden_sizes, encoder=new_encoder and new_encoder())
+    critic = CriticEnsemble(feature_dim, action_dim, hidden_sizes, num_critics, encoder=new_encoder and new_encoder())
     if device is not None:
         velocity, refiner, critic = (m.to(device) for m in (velocity, refiner, critic))
     policy = DeFlowActor(
@@ -61,6 +69,7 @@ def make_deflow(
         refine_iterations=refine_iterations,
         backend=backend,
         refine=refine,
+        action_spec=action_spec,
     )
     loss = DeFlowLoss(
         policy,
@@ -72,5 +81,33 @@ def make_deflow(
         init_log_alpha=init_log_alpha,
         freeze_flow=freeze_flow,
         bf16_solves=bf16_solves,
+        reduction=reduction,
     )
     return policy, loss
+
+
+def _ints(*values) -> tuple[int, ...]:
+    """Integral values (Python or NumPy ints) as ``int``; anything else is refused by the networks."""
+    out = []
+    for v in values:
+        try:
+            out.append(operator.index(v) if not isinstance(v, bool) else v)
+        except TypeError:
+            out.append(v)
+    return tuple(out)
+
+
+def _encoder_factory(encoder, observation_dim) -> Callable[[], nn.Module] | None:
+    """A function that builds one fresh encoder per network, or None for flat observations."""
+    if encoder is None:
+        return None
+    if callable(encoder) and not isinstance(encoder, nn.Module):
+        return encoder
+    if isinstance(encoder, str):
+        from deflow_trl.encoders import make_encoder
+
+        return lambda: make_encoder(encoder, observation_dim)
+    raise TypeError(
+        f"encoder must be None, an encoder name ('impala_small') or a factory returning a fresh module; got {encoder!r}"
+        " (a module instance would be shared by every network)"
+    )

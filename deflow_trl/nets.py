@@ -78,26 +78,53 @@ class MLP(nn.Module):
 
 def _check_dims(**dims: int) -> None:
     for name, value in dims.items():
-        if not isinstance(value, int) or value < 1:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
+def _check_hidden(hidden_sizes: Sequence[int]) -> tuple[int, ...]:
+    sizes = tuple(hidden_sizes)
+    if not sizes or any(not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in sizes):
+        raise ValueError(f"hidden_sizes must be a non-empty list of positive integers, got {list(hidden_sizes)!r}")
+    return sizes
+
+
+def _encoder_dims(observation_dim: int, encoder: nn.Module | None) -> tuple[int, tuple[int, ...]]:
+    """``(feature width, raw observation shape)`` of a network's input."""
+    if encoder is None:
+        return observation_dim, (observation_dim,)
+    features = getattr(encoder, "out_features", None)
+    if not isinstance(features, int) or features < 1:
+        raise ValueError("an encoder must expose out_features (the width of its output features)")
+    if observation_dim is not None and observation_dim != features:
+        raise ValueError(f"observation_dim={observation_dim} but the encoder outputs {features} features")
+    return features, tuple(getattr(encoder, "in_shape", (features,)))
+
+
 class _ActionHead(nn.Module):
-    """An MLP from ``concat(s, a-sized input, extra_inputs)`` to an action-sized output."""
+    """An MLP from ``concat(s, a-sized input, extra_inputs)`` to an action-sized output,
+    with an optional encoder in front of ``s`` (e.g. a CNN for pixels)."""
 
     extra_inputs = 0
 
     def __init__(
         self,
-        observation_dim: int,
+        observation_dim: int | None,
         action_dim: int,
         hidden_sizes: Sequence[int] = DEFAULT_HIDDEN,
+        encoder: nn.Module | None = None,
     ) -> None:
         super().__init__()
+        observation_dim, self.observation_shape = _encoder_dims(observation_dim, encoder)
         _check_dims(observation_dim=observation_dim, action_dim=action_dim)
         self.observation_dim = observation_dim
         self.action_dim = action_dim
-        self.mlp = MLP(observation_dim + action_dim + self.extra_inputs, action_dim, hidden_sizes)
+        self.encoder = encoder
+        self.mlp = MLP(observation_dim + action_dim + self.extra_inputs, action_dim, _check_hidden(hidden_sizes))
+
+    def features(self, obs: torch.Tensor) -> torch.Tensor:
+        """The encoder's features of ``obs`` (``obs`` itself without an encoder)."""
+        return obs if self.encoder is None else self.encoder(obs)
 
 
 class VelocityField(_ActionHead):
@@ -115,7 +142,7 @@ class VelocityField(_ActionHead):
 
     def forward(self, obs: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         t = t.expand(*x.shape[:-1], 1)
-        return self.mlp(torch.cat([obs, x, t], dim=-1))
+        return self.mlp(torch.cat([self.features(obs), x, t], dim=-1))
 
     # -- the split first layer, used by the ODE solvers ---------------------
     def first_layer_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -126,9 +153,9 @@ class VelocityField(_ActionHead):
 
     def project_observation(self, obs: torch.Tensor) -> torch.Tensor:
         """``W_obs s + b``: the part of the first layer that does not change
-        along the ODE."""
+        along the ODE (the encoder, if any, runs here: once per solve)."""
         w_obs, _, _ = self.first_layer_weights()
-        return F.linear(obs, w_obs, self.mlp.linears[0].bias)
+        return F.linear(self.features(obs), w_obs, self.mlp.linears[0].bias)
 
     def from_projection(self, obs_proj: torch.Tensor, x: torch.Tensor, t: float) -> torch.Tensor:
         """``v(s, x, t)`` given ``obs_proj = project_observation(s)``."""
@@ -140,7 +167,7 @@ class Refiner(_ActionHead):
     """Refinement network ``r_φ(s, a) → Δ`` (an MLP on ``concat(s, a)``)."""
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        return self.mlp(torch.cat([obs, action], dim=-1))
+        return self.mlp(torch.cat([self.features(obs), action], dim=-1))
 
 
 class _EnsembleLinear(nn.Module):
@@ -190,25 +217,30 @@ class CriticEnsemble(nn.Module):
 
     def __init__(
         self,
-        observation_dim: int,
+        observation_dim: int | None,
         action_dim: int,
         hidden_sizes: Sequence[int] = DEFAULT_HIDDEN,
         num_critics: int = 2,
+        encoder: nn.Module | None = None,
     ) -> None:
         super().__init__()
+        observation_dim, self.observation_shape = _encoder_dims(observation_dim, encoder)
         _check_dims(
             observation_dim=observation_dim, action_dim=action_dim, num_critics=num_critics
         )
         self.observation_dim = observation_dim
         self.action_dim = action_dim
         self.num_critics = num_critics
-        sizes = [observation_dim + action_dim, *hidden_sizes, 1]
+        self.encoder = encoder  # shared by the members (as the reference's pixel critic)
+        sizes = [observation_dim + action_dim, *_check_hidden(hidden_sizes), 1]
         self.linears = nn.ModuleList(
             _EnsembleLinear(num_critics, i, o) for i, o in zip(sizes[:-1], sizes[1:])
         )
         self.norms = nn.ModuleList(_EnsembleLayerNorm(num_critics, h) for h in hidden_sizes)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        if self.encoder is not None:
+            obs = self.encoder(obs)
         x = torch.cat([obs, action], dim=-1)
         batch_shape = x.shape[:-1]
         h = x.reshape(1, -1, x.shape[-1]).expand(self.num_critics, -1, -1)

@@ -74,7 +74,7 @@ Examples:
     ...              "terminated": torch.zeros(B, 1, dtype=torch.bool)},
     ... }, batch_size=[B])
     >>> metrics = update(batch)
-    >>> float(metrics["loss_critic"]) >= 0, metrics["loss_flow"].requires_grad
+    >>> float(metrics["loss_qvalue"]) >= 0, metrics["loss_flow"].requires_grad
     (True, False)
 """
 from __future__ import annotations
@@ -99,14 +99,21 @@ def _total_loss(out: TensorDictBase) -> torch.Tensor:
     return sum(losses[1:], losses[0])
 
 
-def _polyak_pairs(updater: SoftUpdate) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """``(targets, sources)``: the ``.data`` of every target/source pair the
-    ``SoftUpdate`` updates, in the same order."""
+def _polyak_pairs(loss: LossModule) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """``(targets, sources)``: the ``.data`` of every target/online parameter pair
+    of ``loss``, read from its public ``target_<name>_params`` /
+    ``<name>_params`` TensorDicts (what ``SoftUpdate`` updates)."""
     targets, sources = [], []
-    for key, source in updater._sources.items(True, True):
-        key = key if isinstance(key, tuple) else (key,)
-        targets.append(updater._targets.get(("target_" + key[0], *key[1:])).data)
-        sources.append(source.data)
+    for name, target_params in loss.named_children():
+        if not (name.startswith("target_") and name.endswith("_params")):
+            continue
+        source_params = getattr(loss, name[len("target_"):])
+        for key, target in target_params.items(True, True):
+            source = source_params.get(key)
+            if target is source:  # a target that is the online value itself (no delayed copy)
+                continue
+            targets.append(target.data)
+            sources.append(source.data)
     return targets, sources
 
 
@@ -166,7 +173,7 @@ class Updater:
             raise ValueError("cudagraphs=True needs the loss on a CUDA device")
         if isinstance(target_updater, SoftUpdate):
             self._tau = 1.0 - target_updater.eps
-            self._targets, self._sources = _polyak_pairs(target_updater)
+            self._targets, self._sources = _polyak_pairs(loss)
         else:
             self._tau, self._targets, self._sources = None, [], []
         self._compiled = None
@@ -224,7 +231,7 @@ class Updater:
     def check(self, batch: TensorDictBase) -> None:
         """The loss's eager input checks on ``batch`` (keys, shapes, finiteness,
         action range), without running the loss."""
-        read = getattr(self.loss, "_read", None)
+        read = getattr(self.loss, "read_batch", None)
         if read is not None and getattr(self.loss, "check_inputs", False):
             with torch.no_grad():
                 read(batch)

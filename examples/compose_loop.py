@@ -36,7 +36,7 @@ for step in range(200):
     optimizer.step()
     target_updater.step()
     if step % 50 == 0:
-        print(f"step {step}: critic {out['loss_critic']:.3f} flow {out['loss_flow']:.3f} "
+        print(f"step {step}: critic {out['loss_qvalue']:.3f} flow {out['loss_flow']:.3f} "
               f"divergence {out['divergence']:.4f} alpha {out['alpha']:.3f}")
 
 # Acting: the policy reads "observation" and writes "action" (also in env.rollout / collectors).

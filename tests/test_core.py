@@ -173,7 +173,7 @@ def test_actor_in_env_rollout_and_collector(deflow):
 def test_loss_outputs_keys_and_scalars(deflow):
     _, loss = deflow
     out = loss(batch())
-    for key in ("loss_critic", "loss_flow", "loss_refine", "loss_alpha"):
+    for key in ("loss_qvalue", "loss_flow", "loss_actor", "loss_alpha"):
         assert out[key].shape == () and out[key].requires_grad
     for key in ("alpha", "divergence", "q_mean", "q_min", "q_max", "flow_bc_mse"):
         assert out[key].shape == () and not out[key].requires_grad
@@ -200,7 +200,7 @@ def _grad_owners(loss, key, data):
 
 @pytest.mark.parametrize(
     "key,owner",
-    [("loss_critic", "critic"), ("loss_flow", "flow"), ("loss_refine", "refiner"), ("loss_alpha", "log_alpha")],
+    [("loss_qvalue", "critic"), ("loss_flow", "flow"), ("loss_actor", "refiner"), ("loss_alpha", "log_alpha")],
 )
 def test_gradient_routing_is_exact(deflow, key, owner):
     _, loss = deflow
@@ -220,7 +220,7 @@ def test_freeze_flow_blocks_only_the_flow(deflow):
     loss.freeze_flow = True
     out = loss(batch())
     assert not out["loss_flow"].requires_grad and out["loss_flow"] > 0
-    sum(out[k] for k in ("loss_critic", "loss_refine", "loss_alpha")).backward()
+    sum(out[k] for k in ("loss_qvalue", "loss_actor", "loss_alpha")).backward()
     assert all(p.grad is None for p in loss.actor.velocity.parameters())
 
 
@@ -257,7 +257,7 @@ def test_normalized_refiner_gradient_is_invariant_to_q_scale(deflow):
         loss.zero_grad(set_to_none=True)
         torch.manual_seed(5)
         out = loss(data)
-        (out["loss_refine"] - loss.log_alpha.exp().detach() * out["divergence"]).backward()
+        (out["loss_actor"] - loss.log_alpha.exp().detach() * out["divergence"]).backward()
         return torch.cat([p.grad.flatten() for p in loss.actor.refiner.parameters()])
 
     g1 = refiner_grad()
@@ -302,7 +302,7 @@ def test_set_keys_renames_inputs(deflow):
     data["next"].rename_key_("reward", "rew")
     data["next"].rename_key_("terminated", "term")
     assert ("next", "rew") in loss.in_keys
-    assert torch.isfinite(loss(data)["loss_critic"])
+    assert torch.isfinite(loss(data)["loss_qvalue"])
 
 
 def test_state_dict_round_trip(deflow):
@@ -316,7 +316,7 @@ def test_state_dict_round_trip(deflow):
     a = loss(data)
     torch.manual_seed(1)
     b = other(data)
-    for k in ("loss_critic", "loss_flow", "loss_refine", "loss_alpha"):
+    for k in ("loss_qvalue", "loss_flow", "loss_actor", "loss_alpha"):
         torch.testing.assert_close(a[k], b[k])
 
 
@@ -330,7 +330,7 @@ def test_missing_key_raises(deflow):
 def test_wrong_action_dimension_raises(deflow):
     _, loss = deflow
     data = batch(act_dim=ACT + 1)
-    with pytest.raises(ValueError, match=r"action must have shape \[batch, 2\]"):
+    with pytest.raises(ValueError, match=r"action must have shape \[\*batch, 2\]"):
         loss(data)
 
 
@@ -354,7 +354,7 @@ def test_actions_outside_unit_box_raise(deflow):
 
 def test_wrong_observation_dimension_for_policy_raises(deflow):
     policy, _ = deflow
-    with pytest.raises(ValueError, match="expected last dim 4"):
+    with pytest.raises(ValueError, match=r"expected \[\*batch, 4\]"):
         policy.act(torch.zeros(2, OBS + 3))
 
 

@@ -49,7 +49,7 @@ def test_q_normalisation_is_abs_of_ensemble_mean_when_members_disagree_in_sign()
     lam_per_member = 1.0 / q.abs().mean()  # the old, wrong one
     assert not torch.isclose(lam_reference, lam_per_member, rtol=0.05)
     expected = -lam_reference * q.mean() + out["alpha"] * out["divergence"]
-    torch.testing.assert_close(out["loss_refine"].detach(), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out["loss_actor"].detach(), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_q_normalisation_off_uses_unit_scale():
@@ -58,7 +58,7 @@ def test_q_normalisation_off_uses_unit_scale():
     data = random_transitions(32, OBS, ACT, seed=4)
     out = loss(data)
     q = ObservationOnlyQ(weight)(data["observation"], None)
-    torch.testing.assert_close(out["loss_refine"].detach(), -q.mean() + out["alpha"] * out["divergence"],
+    torch.testing.assert_close(out["loss_actor"].detach(), -q.mean() + out["alpha"] * out["divergence"],
                                rtol=1e-5, atol=1e-6)
 
 
@@ -74,7 +74,7 @@ def test_critic_loss_is_the_mean_squared_td_error_over_members_and_batch(q_agg):
     not_terminal = 1.0 - data["next", "terminated"].squeeze(-1).float()
     y = data["next", "reward"].squeeze(-1) + 0.9 * not_terminal * next_q
     td = critic(data["observation"], None) - y  # [3, B]
-    torch.testing.assert_close(out["loss_critic"].detach(), td.pow(2).mean(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out["loss_qvalue"].detach(), td.pow(2).mean(), rtol=1e-5, atol=1e-6)
 
 
 class _FirstCoordinateQ(nn.Module):

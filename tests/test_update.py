@@ -156,7 +156,7 @@ def test_bf16_solves_close_to_fp32():
         loss.bf16_solves = flag
         torch.manual_seed(3)
         outs[flag] = loss(batch)
-    for k in ("loss_critic", "loss_refine", "flow_bc_mse", "target_mean"):
+    for k in ("loss_qvalue", "loss_actor", "flow_bc_mse", "target_mean"):
         torch.testing.assert_close(outs[True][k], outs[False][k], rtol=1e-2, atol=1e-4, msg=k)
     assert torch.equal(outs[True]["loss_flow"], outs[False]["loss_flow"])  # no solve involved
     sum(outs[True][k] for k in outs[True].keys() if k.startswith("loss_")).backward()
