@@ -95,8 +95,6 @@ class DeFlowActor(TensorDictModuleBase):
             raise ValueError(f"unknown sampling mode {sampling!r}; choose one of {SAMPLING_MODES}")
         if not refine and sampling != "plain":
             raise ValueError("refine=False (flow BC) only supports sampling='plain'")
-        if sampling != "plain" and critic is None:
-            raise ValueError(f"sampling={sampling!r} ranks actions by Q and needs a critic")
         if num_samples < 1 or refine_iterations < 1:
             raise ValueError("num_samples and refine_iterations must be >= 1")
         if velocity.observation_dim != refiner.observation_dim or velocity.action_dim != refiner.action_dim:
@@ -221,6 +219,11 @@ class DeFlowActor(TensorDictModuleBase):
         return tensordict
 
     def _q(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        if self.critic is None:
+            raise ValueError(
+                f"sampling={self.sampling!r} ranks actions by Q and needs a critic: pass critic=..., "
+                "or build the DeFlowLoss, which attaches its own"
+            )
         return self.critic(obs, action).mean(0)
 
     def _best_of_n(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -248,8 +251,10 @@ def _action_bounds(action_spec, low, high, action_dim: int) -> tuple[torch.Tenso
     if action_spec is not None:
         if low is not None or high is not None:
             raise ValueError("give either action_spec or low/high, not both")
+        from torchrl.data import Bounded
+
         space = getattr(action_spec, "space", None)
-        if space is None or not hasattr(space, "low"):
+        if not isinstance(action_spec, Bounded) or space is None:
             raise ValueError(
                 f"action_spec must be a bounded spec (torchrl.data.Bounded), got {type(action_spec).__name__}"
             )
