@@ -19,111 +19,18 @@ REDUCTIONS = ("mean", "sum", "none")
 _ACTION_RANGE_TOL = 1e-6
 
 
-class DeFlowLoss(LossModule):
-    r"""The DeFlow objective (arXiv 2601.10471), one loss module for one optimiser.
+class FlowCriticLoss(LossModule):
+    """What DeFlow and FQL share: a Q ensemble with a target copy (a
+    :class:`~deflow_trl.nets.CriticEnsemble`, any ``(obs, action) → [E, B]``
+    module, or TorchRL TensorDict critics vmapped over members), a behaviour
+    flow trained by flow matching, TorchRL's value estimators, reductions,
+    priority weights and ``td_error``, input checks, any leading batch shape.
 
-    With transitions ``(s, a, r, s', m)`` (``m = 1 - terminated``), noise drawn
-    explicitly (never a zero latent), and ``a_base`` a no-grad K-step flow sample:
-
-    * critic (``loss_qvalue``): ``mean_i (Q_ψi(s, a) − y)²`` per sample, i.e.
-      the reference's mean over members and batch, with
-      ``y = r + γ m · agg_i Q_ψ̄i(s', π(s'))`` from TorchRL's value estimator
-      (TD(0) by default), ``agg`` = mean or min,
-      ``π(s') = clip(a'_base + r_φ(s', a'_base))``;
-    * flow matching (``loss_flow``): ``mean_d (v_θ(s, x_t, t) − (a − x_0))²``
-      per sample (mean over batch and action dims, as the reference),
-      ``x_t = (1 − t) x_0 + t a``;
-    * refiner (``loss_actor``): ``−λ mean_i Q_ψi(s, a_π) + sg(α) · mean_d Δ²``
-      with ``Δ = r_φ(s, a_base)``, ``a_π = clip(a_base + Δ)``, and
-      ``λ = 1 / sg(mean_b |mean_i Q_ψi(s, a_π)|)`` when ``normalize_q_loss`` (the
-      absolute value of the ensemble mean, then the batch mean, as the reference);
-    * dual ascent (``loss_alpha``): ``−log α · (sg(mean_d Δ²) − δ)``.
-
-    ``mean Δ²`` is the per-dimension divergence, so δ is per action dimension
-    (δ ≈ 0.1·IAV for manipulation, ≈ IAV for locomotion; see
-    :mod:`deflow_trl.iav`). Each loss reaches only its own parameters: the
-    critic's params are detached inside the refiner's loss, the ODE runs
-    without grad, the target uses the target params.
-
-    Args:
-        actor: the :class:`~deflow_trl.actor.DeFlowActor` (its velocity field and
-            refiner are trained by this loss). When it carries an action spec,
-            dataset actions are read in the env's bounds and mapped to [-1, 1].
-        critic: the Q ensemble, one of
-
-            * a :class:`~deflow_trl.nets.CriticEnsemble` (the fast default), or
-              any ``nn.Module`` called as ``critic(obs, action) → [E, *B]``;
-            * a TensorDict module (e.g. ``torchrl.modules.ValueOperator``)
-              reading the loss's observation and action keys and writing
-              ``state_action_value`` (``[*B, 1]``): its parameters are expanded
-              to ``num_qvalue_nets`` independently initialised members and
-              called under ``vmap``, as TorchRL's SAC/TD3 losses do;
-            * a list of such modules (one per member).
-
-    Keyword Args:
-        num_qvalue_nets (int, optional): members when ``critic`` is a single
-            TensorDict module (default 2).
-        discount (float): γ (0.99; 0.995 for long-horizon tasks). A shortcut for
-            ``make_value_estimator(gamma=...)``, which overrides it.
-        target_divergence (float): δ, the trust-region size (> 0).
-        q_agg (str): ``"mean"`` or ``"min"`` over the target ensemble.
-        normalize_q_loss (bool): scale the Q term by ``λ = 1 / mean_b |mean_i Q_i|`` (default True).
-        init_log_alpha (float): initial ``log α`` (1.0 as the reference).
-        freeze_flow (bool): keep the behaviour flow fixed (``loss_flow`` is
-            reported but carries no gradient); used for online fine-tuning.
-        reduction (str): ``"mean"`` (default), ``"sum"`` or ``"none"`` (each
-            ``loss_*`` shaped like the input's batch; λ and the reported
-            divergence are still batch statistics).
-        use_prioritized_weights (bool or "auto"): weight the per-sample losses
-            by the batch's ``priority_weight`` entry when present ("auto").
-        check_inputs (bool): validate keys, shapes, finiteness and the action
-            range on every call (a few cheap reductions; skipped under
-            ``torch.compile``).
-        bf16_solves (bool): run the no-grad ODE solve under bf16 autocast
-            (GEMMs in bf16, the ODE state ``x`` and the returned actions fp32).
-            Off by default; only worth it where bf16 is native (see
-            :mod:`deflow_trl.hardware`). Gradients never flow through the solve.
-
-    The loss reads ``observation``, ``action``, ``("next", "observation")``,
-    ``("next", "reward")``, ``("next", "done")`` and ``("next", "terminated")``
-    (rename with :meth:`set_keys`), with any leading batch shape, and returns
-    ``loss_qvalue``, ``loss_flow``, ``loss_actor``, ``loss_alpha`` and detached
-    metrics; it writes the per-sample TD error under ``td_error`` in the input
-    (for :class:`~torchrl.data.PrioritizedSampler`). Sum the ``loss_*``
-    entries and step one optimiser over ``loss.parameters()``; update the
-    target critic with ``torchrl.objectives.SoftUpdate(loss, tau=0.005)``.
-
-    Examples:
-        >>> import torch
-        >>> from tensordict import TensorDict
-        >>> from deflow_trl import make_deflow
-        >>> policy, loss = make_deflow(4, 2, hidden_sizes=(32, 32), target_divergence=1e-3)
-        >>> loss.make_value_estimator(gamma=0.99)  # TorchRL's usual call (TD(0) by default)
-        >>> B = 8
-        >>> data = TensorDict({
-        ...     "observation": torch.randn(B, 4), "action": torch.rand(B, 2) * 2 - 1,
-        ...     "next": {"observation": torch.randn(B, 4), "reward": torch.randn(B, 1),
-        ...              "done": torch.zeros(B, 1, dtype=torch.bool),
-        ...              "terminated": torch.zeros(B, 1, dtype=torch.bool)},
-        ... }, batch_size=[B])
-        >>> out = loss(data)
-        >>> sorted(k for k in out.keys() if k.startswith("loss_"))
-        ['loss_actor', 'loss_alpha', 'loss_flow', 'loss_qvalue']
-        >>> total = sum(out[k] for k in out.keys() if k.startswith("loss_"))
-        >>> total.backward()
-        >>> data["td_error"].shape  # priorities for a PrioritizedSampler
-        torch.Size([8])
-
-        A TorchRL ``ValueOperator`` as the critic, vmapped over two members:
-
-        >>> from torchrl.modules import MLP, ValueOperator
-        >>> from deflow_trl import DeFlowActor, DeFlowLoss, Refiner, VelocityField
-        >>> q = ValueOperator(MLP(in_features=6, out_features=1, num_cells=[32]),
-        ...                   in_keys=["observation", "action"])
-        >>> actor = DeFlowActor(VelocityField(4, 2, (32,)), Refiner(4, 2, (32,)))
-        >>> loss = DeFlowLoss(actor, q, num_qvalue_nets=2, reduction="none")
-        >>> loss(data)["loss_qvalue"].shape
-        torch.Size([8])
+    Subclasses add their policy's terms in ``forward``; see
+    :class:`DeFlowLoss` for the arguments (the ones named there that are not
+    DeFlow's own: ``num_qvalue_nets``, ``discount``, ``q_agg``,
+    ``normalize_q_loss``, ``freeze_flow``, ``reduction``,
+    ``use_prioritized_weights``, ``check_inputs``, ``bf16_solves``).
     """
 
     @dataclass
@@ -161,19 +68,6 @@ class DeFlowLoss(LossModule):
     default_keys = _AcceptedKeys
     default_value_estimator = ValueEstimators.TD0
     SUPPORTED_VALUE_ESTIMATORS = (ValueEstimators.TD0, ValueEstimators.TD1, ValueEstimators.TDLambda)
-    out_keys = [
-        "loss_qvalue",
-        "loss_flow",
-        "loss_actor",
-        "loss_alpha",
-        "alpha",
-        "divergence",
-        "q_mean",
-        "q_min",
-        "q_max",
-        "target_mean",
-        "flow_bc_mse",
-    ]
 
     critic: nn.Module
     critic_params: TensorDictParams
@@ -186,18 +80,14 @@ class DeFlowLoss(LossModule):
         *,
         num_qvalue_nets: int | None = None,
         discount: float = 0.99,
-        target_divergence: float = 1e-3,
         q_agg: str = "mean",
         normalize_q_loss: bool = True,
-        init_log_alpha: float = 1.0,
         freeze_flow: bool = False,
         reduction: str = "mean",
         use_prioritized_weights: str | bool = "auto",
         check_inputs: bool = True,
         bf16_solves: bool = False,
     ) -> None:
-        if not target_divergence > 0:
-            raise ValueError(f"target_divergence (δ) must be > 0, got {target_divergence!r}")
         if not 0 <= discount <= 1:
             raise ValueError(f"discount must be in [0, 1], got {discount!r}")
         if q_agg not in Q_AGGREGATIONS:
@@ -207,7 +97,20 @@ class DeFlowLoss(LossModule):
         super().__init__()
         self._in_keys = None
         self.actor = actor
+        self._init_critic(critic, num_qvalue_nets)
+        self.gamma = float(discount)  # read by make_value_estimator (TorchRL's convention)
+        self.q_agg = q_agg
+        self.normalize_q_loss = normalize_q_loss
+        self.freeze_flow = freeze_flow
+        self.reduction = reduction
+        self.use_prioritized_weights = use_prioritized_weights
+        self.check_inputs = check_inputs
+        self.bf16_solves = bf16_solves
+        self.make_value_estimator(self.default_value_estimator)
+
+    def _init_critic(self, critic, num_qvalue_nets: int | None) -> None:
         self._tensordict_critic = isinstance(critic, (list, tuple)) or isinstance(critic, TensorDictModuleBase)
+        actor = self.actor
         if self._tensordict_critic:
             members = len(critic) if isinstance(critic, (list, tuple)) else (num_qvalue_nets or 2)
             if num_qvalue_nets is not None and num_qvalue_nets != members:
@@ -228,17 +131,6 @@ class DeFlowLoss(LossModule):
             self.convert_to_functional(critic, "critic", create_target_params=True)
         if actor.sampling != "plain" and (self._tensordict_critic or actor.critic is None):
             actor.critic = LossCritic(self)  # rank actions with the trained critic
-        self.log_alpha = nn.Parameter(torch.tensor(float(init_log_alpha)))
-        self.register_buffer("target_divergence", torch.tensor(float(target_divergence)))
-        self.gamma = float(discount)  # read by make_value_estimator (TorchRL's convention)
-        self.q_agg = q_agg
-        self.normalize_q_loss = normalize_q_loss
-        self.freeze_flow = freeze_flow
-        self.reduction = reduction
-        self.use_prioritized_weights = use_prioritized_weights
-        self.check_inputs = check_inputs
-        self.bf16_solves = bf16_solves
-        self.make_value_estimator(self.default_value_estimator)
 
     # -- value estimator and keys ---------------------------------------------
     def make_value_estimator(self, value_type: ValueEstimators | None = None, **hyperparams) -> None:
@@ -448,6 +340,34 @@ class DeFlowLoss(LossModule):
         loss = self._flow_matching(obs.reshape(n, *obs_shape), action)
         return self._reduce(loss, self._weights(tensordict), batch_shape), {}
 
+    def qvalue_loss_terms(
+        self, tensordict: TensorDictBase, batch: dict[str, torch.Tensor], next_action: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(per-sample critic loss [B], Q [E, B], target y [B])`` given the
+        policy's next actions; writes ``|TD error|`` (max over members) under
+        the priority key of ``tensordict``."""
+        with torch.no_grad():
+            next_q = self.q_values(self.target_critic_params, batch["next observation"], next_action)
+            next_q = next_q.mean(0) if self.q_agg == "mean" else next_q.min(0).values
+            target = self._target(tensordict, next_q)
+        q = self.q_values(self.critic_params, batch["observation"], batch["action"])
+        td_error = q - target  # [E, B]
+        priority = td_error.detach().abs().max(0).values
+        tensordict.set(self.tensor_keys.priority, priority.reshape(tensordict.batch_size))
+        return td_error.pow(2).mean(0), q, target  # mean over members (the reference's scale)
+
+    def q_normalizer(self, q_pi: torch.Tensor) -> torch.Tensor | float:
+        """λ = 1 / sg(mean_b |q_pi|) for the ensemble-mean Q of the policy's
+        actions (the reference's normalisation), or 1 when it is off."""
+        return 1.0 / q_pi.abs().mean().detach() if self.normalize_q_loss else 1.0
+
+    def solve_flow_no_grad(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The behaviour flow's K-step sample (clipped), without grad, in bf16
+        autocast when ``bf16_solves``."""
+        with torch.autocast(noise.device.type, dtype=torch.bfloat16, enabled=self.bf16_solves):
+            out = self.actor.sampler.base_actions(obs, noise)
+        return out.to(noise.dtype)
+
     def _target(self, tensordict: TensorDictBase, next_q: torch.Tensor) -> torch.Tensor:
         """``y`` from the value estimator, given the next state's value ``[B]``."""
         k = self.tensor_keys
@@ -464,6 +384,143 @@ class DeFlowLoss(LossModule):
         target = self.value_estimator.value_estimate(value_td, next_value=next_q.reshape(*batch_shape, 1))
         return target.reshape(-1)
 
+
+class DeFlowLoss(FlowCriticLoss):
+    r"""The DeFlow objective (arXiv 2601.10471), one loss module for one optimiser.
+
+    With transitions ``(s, a, r, s', m)`` (``m = 1 - terminated``), noise drawn
+    explicitly (never a zero latent), and ``a_base`` a no-grad K-step flow sample:
+
+    * critic (``loss_qvalue``): ``mean_i (Q_ψi(s, a) − y)²`` per sample, i.e.
+      the reference's mean over members and batch, with
+      ``y = r + γ m · agg_i Q_ψ̄i(s', π(s'))`` from TorchRL's value estimator
+      (TD(0) by default), ``agg`` = mean or min,
+      ``π(s') = clip(a'_base + r_φ(s', a'_base))``;
+    * flow matching (``loss_flow``): ``mean_d (v_θ(s, x_t, t) − (a − x_0))²``
+      per sample (mean over batch and action dims, as the reference),
+      ``x_t = (1 − t) x_0 + t a``;
+    * refiner (``loss_actor``): ``−λ mean_i Q_ψi(s, a_π) + sg(α) · mean_d Δ²``
+      with ``Δ = r_φ(s, a_base)``, ``a_π = clip(a_base + Δ)``, and
+      ``λ = 1 / sg(mean_b |mean_i Q_ψi(s, a_π)|)`` when ``normalize_q_loss`` (the
+      absolute value of the ensemble mean, then the batch mean, as the reference);
+    * dual ascent (``loss_alpha``): ``−log α · (sg(mean_d Δ²) − δ)``.
+
+    ``mean Δ²`` is the per-dimension divergence, so δ is per action dimension
+    (δ ≈ 0.1·IAV for manipulation, ≈ IAV for locomotion; see
+    :mod:`deflow_trl.iav`). Each loss reaches only its own parameters: the
+    critic's params are detached inside the refiner's loss, the ODE runs
+    without grad, the target uses the target params.
+
+    Args:
+        actor: the :class:`~deflow_trl.actor.DeFlowActor` (its velocity field and
+            refiner are trained by this loss). When it carries an action spec,
+            dataset actions are read in the env's bounds and mapped to [-1, 1].
+        critic: the Q ensemble, one of
+
+            * a :class:`~deflow_trl.nets.CriticEnsemble` (the fast default), or
+              any ``nn.Module`` called as ``critic(obs, action) → [E, *B]``;
+            * a TensorDict module (e.g. ``torchrl.modules.ValueOperator``)
+              reading the loss's observation and action keys and writing
+              ``state_action_value`` (``[*B, 1]``): its parameters are expanded
+              to ``num_qvalue_nets`` independently initialised members and
+              called under ``vmap``, as TorchRL's SAC/TD3 losses do;
+            * a list of such modules (one per member).
+
+    Keyword Args:
+        num_qvalue_nets (int, optional): members when ``critic`` is a single
+            TensorDict module (default 2).
+        discount (float): γ (0.99; 0.995 for long-horizon tasks). A shortcut for
+            ``make_value_estimator(gamma=...)``, which overrides it.
+        target_divergence (float): δ, the trust-region size (> 0).
+        q_agg (str): ``"mean"`` or ``"min"`` over the target ensemble.
+        normalize_q_loss (bool): scale the Q term by ``λ = 1 / mean_b |mean_i Q_i|`` (default True).
+        init_log_alpha (float): initial ``log α`` (1.0 as the reference).
+        freeze_flow (bool): keep the behaviour flow fixed (``loss_flow`` is
+            reported but carries no gradient); used for online fine-tuning.
+        reduction (str): ``"mean"`` (default), ``"sum"`` or ``"none"`` (each
+            ``loss_*`` shaped like the input's batch; λ and the reported
+            divergence are still batch statistics).
+        use_prioritized_weights (bool or "auto"): weight the per-sample losses
+            by the batch's ``priority_weight`` entry when present ("auto").
+        check_inputs (bool): validate keys, shapes, finiteness and the action
+            range on every call (a few cheap reductions; skipped under
+            ``torch.compile``).
+        bf16_solves (bool): run the no-grad ODE solve under bf16 autocast
+            (GEMMs in bf16, the ODE state ``x`` and the returned actions fp32).
+            Off by default; only worth it where bf16 is native (see
+            :mod:`deflow_trl.hardware`). Gradients never flow through the solve.
+
+    The loss reads ``observation``, ``action``, ``("next", "observation")``,
+    ``("next", "reward")``, ``("next", "done")`` and ``("next", "terminated")``
+    (rename with :meth:`set_keys`), with any leading batch shape, and returns
+    ``loss_qvalue``, ``loss_flow``, ``loss_actor``, ``loss_alpha`` and detached
+    metrics; it writes the per-sample TD error under ``td_error`` in the input
+    (for :class:`~torchrl.data.PrioritizedSampler`). Sum the ``loss_*``
+    entries and step one optimiser over ``loss.parameters()``; update the
+    target critic with ``torchrl.objectives.SoftUpdate(loss, tau=0.005)``.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from deflow_trl import make_deflow
+        >>> policy, loss = make_deflow(4, 2, hidden_sizes=(32, 32), target_divergence=1e-3)
+        >>> loss.make_value_estimator(gamma=0.99)  # TorchRL's usual call (TD(0) by default)
+        >>> B = 8
+        >>> data = TensorDict({
+        ...     "observation": torch.randn(B, 4), "action": torch.rand(B, 2) * 2 - 1,
+        ...     "next": {"observation": torch.randn(B, 4), "reward": torch.randn(B, 1),
+        ...              "done": torch.zeros(B, 1, dtype=torch.bool),
+        ...              "terminated": torch.zeros(B, 1, dtype=torch.bool)},
+        ... }, batch_size=[B])
+        >>> out = loss(data)
+        >>> sorted(k for k in out.keys() if k.startswith("loss_"))
+        ['loss_actor', 'loss_alpha', 'loss_flow', 'loss_qvalue']
+        >>> total = sum(out[k] for k in out.keys() if k.startswith("loss_"))
+        >>> total.backward()
+        >>> data["td_error"].shape  # priorities for a PrioritizedSampler
+        torch.Size([8])
+
+        A TorchRL ``ValueOperator`` as the critic, vmapped over two members:
+
+        >>> from torchrl.modules import MLP, ValueOperator
+        >>> from deflow_trl import DeFlowActor, DeFlowLoss, Refiner, VelocityField
+        >>> q = ValueOperator(MLP(in_features=6, out_features=1, num_cells=[32]),
+        ...                   in_keys=["observation", "action"])
+        >>> actor = DeFlowActor(VelocityField(4, 2, (32,)), Refiner(4, 2, (32,)))
+        >>> loss = DeFlowLoss(actor, q, num_qvalue_nets=2, reduction="none")
+        >>> loss(data)["loss_qvalue"].shape
+        torch.Size([8])
+    """
+
+    out_keys = [
+        "loss_qvalue",
+        "loss_flow",
+        "loss_actor",
+        "loss_alpha",
+        "alpha",
+        "divergence",
+        "q_mean",
+        "q_min",
+        "q_max",
+        "target_mean",
+        "flow_bc_mse",
+    ]
+
+    def __init__(
+        self,
+        actor: DeFlowActor,
+        critic: nn.Module | list[nn.Module],
+        *,
+        target_divergence: float = 1e-3,
+        init_log_alpha: float = 1.0,
+        **kwargs,
+    ) -> None:
+        if not target_divergence > 0:
+            raise ValueError(f"target_divergence (δ) must be > 0, got {target_divergence!r}")
+        super().__init__(actor, critic, **kwargs)
+        self.log_alpha = nn.Parameter(torch.tensor(float(init_log_alpha)))
+        self.register_buffer("target_divergence", torch.tensor(float(target_divergence)))
+
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         v = self.read_batch(tensordict)
@@ -476,20 +533,13 @@ class DeFlowLoss(LossModule):
         # loss) and s' (critic target).
         both_obs = torch.cat([obs, next_obs], dim=0)
         noise = self._noise(2 * batch, action.shape[-1], like=action)
-        with torch.autocast(action.device.type, dtype=torch.bfloat16, enabled=self.bf16_solves):
-            base_both = self.actor.sampler.base_actions(both_obs, noise)
-        base_both = base_both.to(action.dtype)
+        base_both = self.solve_flow_no_grad(both_obs, noise)
         base, next_base = base_both[:batch], base_both[batch:]
 
         # Critic: y from the target ensemble at π(s').
         with torch.no_grad():
             next_action = refine(refiner, next_obs, next_base)
-            next_q = self.q_values(self.target_critic_params, next_obs, next_action)
-            next_q = next_q.mean(0) if self.q_agg == "mean" else next_q.min(0).values
-            target = self._target(tensordict, next_q)
-        q = self.q_values(self.critic_params, obs, action)
-        td_error = q - target  # [E, B]
-        loss_qvalue = td_error.pow(2).mean(0)  # mean over members (the reference's scale)
+        loss_qvalue, q, target = self.qvalue_loss_terms(tensordict, v, next_action)
 
         loss_flow = self._flow_matching(obs, action)
 
@@ -501,14 +551,11 @@ class DeFlowLoss(LossModule):
         divergence = divergence_per_sample.mean()
         alpha = self.log_alpha.exp().detach()
         # λ = 1 / sg(mean_b |mean_i Q_i|): |.| of the ensemble mean, then the batch mean.
-        q_scale = 1.0 / q_pi.abs().mean().detach() if self.normalize_q_loss else 1.0
-        loss_actor = -q_scale * q_pi + alpha * divergence_per_sample
+        loss_actor = -self.q_normalizer(q_pi) * q_pi + alpha * divergence_per_sample
 
         # Dual ascent on log α: α grows while the divergence exceeds δ.
         loss_alpha = -self.log_alpha * (divergence_per_sample.detach() - self.target_divergence)
 
-        priority = td_error.detach().abs().max(0).values
-        tensordict.set(self.tensor_keys.priority, priority.reshape(batch_shape))
         q_detached = q.detach()
         return TensorDict(
             {
@@ -539,7 +586,7 @@ class LossCritic(nn.Module):
     them), never a stale copy.
     """
 
-    def __init__(self, loss: DeFlowLoss) -> None:
+    def __init__(self, loss: FlowCriticLoss) -> None:
         super().__init__()
         self.params = loss.critic_params
         self.__dict__["_loss"] = loss  # not a submodule: no reference cycle in the module tree

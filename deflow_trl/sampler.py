@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from deflow_trl.backends import BF16_MIN_BATCH_CPU, UNITS, WeightCache, compiled_unit, flow_weights, parse_backend, resolve_backend
+from deflow_trl.backends import BF16_MIN_BATCH_CPU, UNITS, compiled_unit, parse_backend, resolve_backend
+from deflow_trl.flow_weights import WeightCache, flow_weights
 from deflow_trl.nets import Refiner, VelocityField
 
 SOLVERS = ("euler", "midpoint")
@@ -143,7 +144,10 @@ class FlowSampler(nn.Module):
         # Inside an enclosing torch.compile (e.g. a compiled update step) the
         # plain ops are traced into the caller's graph; a nested compiled or
         # Triton unit would only split it.
-        return self.backend == "eager" or torch.compiler.is_compiling()
+        # With an encoder (pixels) the fused backends, which read raw weights,
+        # do not apply: the plain loop runs the encoder once per solve.
+        return (self.backend == "eager" or torch.compiler.is_compiling()
+                or self.velocity.encoder is not None or self.refiner.encoder is not None)
 
     @torch.no_grad()
     def base_actions(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
