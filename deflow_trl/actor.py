@@ -199,12 +199,17 @@ class DeFlowActor(TensorDictModuleBase):
         if not self.refine:
             action = self.sampler.base_actions(obs, noise)
         elif self.sampling == "plain":
-            action = self.sampler(obs, noise)
+            action = self.policy_action(obs, noise)
         elif self.sampling == "best_of_n":
             action = self._best_of_n(obs, noise)
         else:
             action = self._iterative(obs, noise)
         return self.unnormalize_action(action.reshape(*batch_shape, self.action_dim))
+
+    def policy_action(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """One action per state from the initial state ``noise`` (DeFlow: the
+        K-step flow sample, then one refinement)."""
+        return self.sampler(obs, noise)
 
     def action_head_like(self, obs: torch.Tensor) -> torch.Tensor:
         """A tensor with the device and float dtype of the actions (pixel observations are uint8)."""
