@@ -135,3 +135,25 @@ def test_q_term_moves_the_one_step_policy_uphill():
         loss(random_transitions(256, OBS, ACT))["loss_actor"].backward()
         opt.step()
     assert policy.onestep(obs, z)[:, 0].mean() > before + 0.1
+
+
+def test_agent_fql_trains_online_and_resumes_in_the_app(tiny_ogbench_dir, tmp_path):
+    from test_train import config
+
+    from deflow_trl.plot import read_scalar
+    from deflow_trl.train import run
+
+    cfg = config(tiny_ogbench_dir, "agent=fql", "agent.hidden_sizes=[32,32]", "agent.num_flow_steps=2",
+                 "agent.backend=eager", "offline_steps=6", "online_steps=4", "eval_interval=5", "log_interval=2",
+                 "save_interval=5")
+    assert cfg.agent.alpha == 300 and cfg.agent.q_agg == "mean"  # cube-single's FQL α
+    result = run(cfg, str(tmp_path))
+    assert result["step"] == 10
+    steps, values = read_scalar(str(tmp_path), "train/loss_actor")
+    assert steps.tolist() == [2, 4, 6, 8, 10] and torch.isfinite(torch.tensor(values)).all()
+    state = torch.load(tmp_path / "checkpoints" / "ckpt_000000010.pt", weights_only=True)
+    assert any(k.startswith("actor.sampler.refiner") for k in state["loss"])  # the one-step policy is saved
+    cfg = config(tiny_ogbench_dir, "agent=fql", "agent.hidden_sizes=[32,32]", "agent.num_flow_steps=2",
+                 "agent.backend=eager", "offline_steps=6", "online_steps=6", "eval_interval=5", "log_interval=2",
+                 "save_interval=5")
+    assert run(cfg, str(tmp_path))["step"] == 12  # resumed at 10, two more online steps
