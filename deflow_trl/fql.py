@@ -25,12 +25,11 @@ from typing import Sequence
 import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import dispatch
-from torch import nn
 
 from deflow_trl.actor import DeFlowActor
 from deflow_trl.loss import FlowCriticLoss
-from deflow_trl.make import _encoder_factory, _ints
-from deflow_trl.nets import DEFAULT_HIDDEN, CriticEnsemble, Refiner, VelocityField
+from deflow_trl.make import build_networks
+from deflow_trl.nets import DEFAULT_HIDDEN, Refiner, VelocityField
 
 
 class OneStepPolicy(Refiner):
@@ -180,15 +179,10 @@ def make_fql(
 ) -> tuple[FQLActor, FQLLoss]:
     """FQL's networks, policy and loss with the reference defaults; keyword
     names as the Hydra agent config (``configs/agent/fql.yaml``)."""
-    observation_dim, action_dim, num_critics = _ints(observation_dim, action_dim, num_critics)
-    new_encoder = _encoder_factory(encoder, observation_dim)
-    feature_dim = None if new_encoder is not None else observation_dim
-    velocity = VelocityField(feature_dim, action_dim, hidden_sizes, encoder=new_encoder and new_encoder())
-    onestep = OneStepPolicy(feature_dim, action_dim, hidden_sizes, encoder=new_encoder and new_encoder())
-    critic = CriticEnsemble(feature_dim, action_dim, hidden_sizes, num_critics, encoder=new_encoder and new_encoder())
-    modules: list[nn.Module] = [velocity, onestep, critic]
-    if device is not None:
-        velocity, onestep, critic = (m.to(device) for m in modules)
+    velocity, onestep, critic = build_networks(
+        observation_dim, action_dim, hidden_sizes, num_critics, OneStepPolicy, encoder=encoder,
+        bf16_solves=bf16_solves, device=device,
+    )
     policy = FQLActor(velocity, onestep, num_flow_steps=num_flow_steps, solver=solver, backend=backend,
                       action_spec=action_spec)
     loss = FQLLoss(policy, critic, alpha=alpha, discount=discount, q_agg=q_agg, normalize_q_loss=normalize_q_loss,

@@ -50,14 +50,10 @@ def make_deflow(
         >>> sum(p.numel() for p in loss.parameters()) > 0
         True
     """
-    observation_dim, action_dim, num_critics = _ints(observation_dim, action_dim, num_critics)
-    new_encoder = _encoder_factory(encoder, observation_dim)
-    feature_dim = None if new_encoder is not None else observation_dim
-    velocity = VelocityField(feature_dim, action_dim, hidden_sizes, encoder=new_encoder and new_encoder())
-    refiner = Refiner(feature_dim, action_dim, hidden_sizes, encoder=new_encoder and new_encoder())
-    critic = CriticEnsemble(feature_dim, action_dim, hidden_sizes, num_critics, encoder=new_encoder and new_encoder())
-    if device is not None:
-        velocity, refiner, critic = (m.to(device) for m in (velocity, refiner, critic))
+    velocity, refiner, critic = build_networks(
+        observation_dim, action_dim, hidden_sizes, num_critics, Refiner, encoder=encoder,
+        bf16_solves=bf16_solves, device=device,
+    )
     policy = DeFlowActor(
         velocity,
         refiner,
@@ -84,6 +80,30 @@ def make_deflow(
         reduction=reduction,
     )
     return policy, loss
+
+
+def build_networks(observation_dim, action_dim, hidden_sizes, num_critics, head_cls, *, encoder=None,
+                   bf16_solves=False, device=None) -> tuple[VelocityField, nn.Module, CriticEnsemble]:
+    """The three networks every flow agent has: velocity field, an action head
+    (DeFlow's refiner, FQL's one-step policy) and the critic ensemble, each
+    with its own encoder when ``encoder`` is given, on ``device``."""
+    observation_dim, action_dim, num_critics = _ints(observation_dim, action_dim, num_critics)
+    if bf16_solves:
+        from deflow_trl.hardware import warn_if_bf16_not_native
+
+        warn_if_bf16_not_native(device or "cpu", what="bf16_solves")
+    new_encoder = _encoder_factory(encoder, observation_dim)
+    feature_dim = None if new_encoder is not None else observation_dim
+
+    def enc():
+        return None if new_encoder is None else new_encoder()
+
+    velocity = VelocityField(feature_dim, action_dim, hidden_sizes, encoder=enc())
+    head = head_cls(feature_dim, action_dim, hidden_sizes, encoder=enc())
+    critic = CriticEnsemble(feature_dim, action_dim, hidden_sizes, num_critics, encoder=enc())
+    if device is not None:
+        velocity, head, critic = (m.to(device) for m in (velocity, head, critic))
+    return velocity, head, critic
 
 
 def _ints(*values) -> tuple[int, ...]:

@@ -9,14 +9,16 @@ from torchrl.trainers import ReplayBufferTrainer, TargetNetUpdaterHook, Trainer
 from deflow_trl import make_deflow
 
 torch.manual_seed(0)
-env = GymEnv("Pendulum-v1")  # 3-d observation, 1-d action; DeFlow acts in [-1, 1]
+env = GymEnv("Pendulum-v1")  # 3-d observation, 1-d action in [-2, 2]
 obs_dim = env.observation_spec["observation"].shape[-1]
 act_dim = env.action_spec.shape[-1]
-policy, loss = make_deflow(obs_dim, act_dim, hidden_sizes=(64, 64), num_flow_steps=4)
+# The policy works in [-1, 1] and maps to the spec's bounds; the loss maps dataset actions back.
+policy, loss = make_deflow(obs_dim, act_dim, hidden_sizes=(64, 64), num_flow_steps=4, action_spec=env.action_spec)
+loss.make_value_estimator(gamma=0.99)  # TorchRL's usual call (TD(0) by default)
 
-# The buffer starts with an offline dataset (here: 1000 random-policy steps, actions in [-1, 1]).
+# The buffer starts with an offline dataset (here: 1000 uniform-random steps, in the env's units).
 buffer = TensorDictReplayBuffer(storage=LazyTensorStorage(10_000))
-offline = env.rollout(1000, lambda td: td.set("action", torch.rand(act_dim) * 2 - 1), break_when_any_done=False)
+offline = env.rollout(1000, lambda td: td.set("action", env.action_spec.rand()), break_when_any_done=False)
 buffer.extend(offline.reshape(-1))
 
 collector = Collector(env, policy, frames_per_batch=50, total_frames=200)
