@@ -13,7 +13,7 @@ from deflow_trl.nets import DEFAULT_HIDDEN, CriticEnsemble, Refiner, VelocityFie
 
 
 def make_deflow(
-    observation_dim: int,
+    observation_dim: int | tuple[int, int, int],
     action_dim: int,
     *,
     hidden_sizes: Sequence[int] = DEFAULT_HIDDEN,  # width of every MLP (velocity, refiner, critic); reference 4×512
@@ -38,6 +38,10 @@ def make_deflow(
     device: torch.device | str | None = None,  # build on this device (before the loss is made)
 ) -> tuple[DeFlowActor, DeFlowLoss]:
     """Builds DeFlow's networks, the policy and the loss with the reference defaults.
+
+    ``observation_dim`` is the observation's width, or its ``(height, width,
+    channels)`` shape with ``encoder="impala_small"`` (pixels: uint8 frames,
+    channels-last, ``channels = 3 × frame stack``).
 
     Returns ``(policy, loss)``: ``policy`` is a :class:`DeFlowActor` (reads
     ``observation``, writes ``action``), usable in ``env.rollout`` and
@@ -126,7 +130,19 @@ def _encoder_factory(encoder, observation_dim) -> Callable[[], nn.Module] | None
     if isinstance(encoder, str):
         from deflow_trl.encoders import make_encoder
 
-        return lambda: make_encoder(encoder, observation_dim)
+        shape = tuple(observation_dim) if isinstance(observation_dim, (tuple, list, torch.Size)) else None
+        if shape is None or len(shape) != 3:
+            raise ValueError(
+                f"encoder={encoder!r} needs the observation shape (height, width, channels) as the first "
+                f"argument, got {observation_dim!r}"
+            )
+
+        def build():
+            enc = make_encoder(encoder, in_channels=shape[-1], image_size=shape[:2])
+            enc.in_shape = shape  # the raw observation's shape, checked by the policy and the loss
+            return enc
+
+        return build
     raise TypeError(
         f"encoder must be None, an encoder name ('impala_small') or a factory returning a fresh module; got {encoder!r}"
         " (a module instance would be shared by every network)"
