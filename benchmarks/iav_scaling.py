@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from deflow_trl import intrinsic_action_variance
+from deflow_trl.hardware import cpu_description
 
 
 def main():
@@ -29,6 +30,8 @@ def main():
     p.add_argument("--data", choices=["manifold", "gaussian"], default="manifold")
     p.add_argument("--json", default=None)
     a = p.parse_args()
+    cpu_line = cpu_description()
+    print(f"CPU: {cpu_line}", flush=True)
     rng = np.random.default_rng(0)
     if a.data == "manifold":
         z = rng.uniform(-1, 1, size=(a.n, 6))
@@ -41,7 +44,7 @@ def main():
     iav, stderr = intrinsic_action_variance(obs, act, max_queries=a.queries, return_stderr=True)
     seconds = time.perf_counter() - t0
     result = {"data": a.data, "n": a.n, "obs_dim": a.obs_dim, "queries": a.queries, "iav": iav, "stderr": stderr,
-              "relative_stderr": stderr / iav, "seconds": seconds}
+              "relative_stderr": stderr / iav, "seconds": seconds, "cpu": cpu_line}
     if a.exact_check:
         m = a.exact_check
         exact = intrinsic_action_variance(obs[:m], act[:m], max_queries=None)

@@ -13,6 +13,12 @@ the change of every loss vs fp32 from the same state and RNG.
     python benchmarks/update_throughput.py --quick          # ≤ 90 s
     python benchmarks/update_throughput.py --json out.json
     python benchmarks/update_throughput.py --config reference --threads 1
+    python benchmarks/update_throughput.py --device cuda --config reference   # + "compiled, no CUDA graphs"
+
+On CUDA the compiled modes capture the step in a CUDA graph (the
+``Updater``'s default there); without ``--quick``, ``compiled, no CUDA
+graphs`` is timed beside them. ``--compile-backend eager`` (dynamo without inductor: seconds, not
+minutes) is for testing this script's plumbing, not for timing.
 
 Set ``TORCHINDUCTOR_CACHE_DIR`` to a persistent folder for warm compiles.
 Timings on a shared machine are noisy: the load average is recorded.
@@ -32,6 +38,7 @@ from tensordict import TensorDict
 from torchrl.objectives import SoftUpdate
 
 from deflow_trl import make_deflow
+from deflow_trl.hardware import cpu_description
 from deflow_trl.update import Updater
 
 OBS_DIM, ACT_DIM, BATCH, NUM_STEPS, NUM_CRITICS = 28, 5, 256, 10, 2
@@ -109,7 +116,7 @@ def counted_flops(updater: Updater, batch: TensorDict) -> int:
 
 
 # -- set-up --------------------------------------------------------------------
-def make_batch(batch: int = BATCH, obs_dim: int = OBS_DIM, act_dim: int = ACT_DIM) -> TensorDict:
+def make_batch(batch: int = BATCH, obs_dim: int = OBS_DIM, act_dim: int = ACT_DIM, device="cpu") -> TensorDict:
     return TensorDict(
         {
             "observation": torch.randn(batch, obs_dim),
@@ -122,19 +129,27 @@ def make_batch(batch: int = BATCH, obs_dim: int = OBS_DIM, act_dim: int = ACT_DI
             },
         },
         batch_size=[batch],
-    )
+    ).to(device)
 
 
-def make_updater(hidden, *, compile: bool, bf16_solves: bool = False, seed: int = 0) -> Updater:
+def make_updater(hidden, *, compile: bool, bf16_solves: bool = False, seed: int = 0, device="cpu",
+                 cudagraphs: bool | None = None, compile_options: dict | None = None) -> Updater:
     torch.manual_seed(seed)
-    _, loss = make_deflow(OBS_DIM, ACT_DIM, hidden_sizes=hidden, num_flow_steps=NUM_STEPS, num_critics=NUM_CRITICS)
+    _, loss = make_deflow(OBS_DIM, ACT_DIM, hidden_sizes=hidden, num_flow_steps=NUM_STEPS, num_critics=NUM_CRITICS,
+                          device=device)
     loss.bf16_solves = bf16_solves
     optim = torch.optim.Adam(loss.parameters(), lr=3e-4)
-    return Updater(loss, optim, SoftUpdate(loss, tau=0.005), compile=compile)
+    return Updater(loss, optim, SoftUpdate(loss, tau=0.005), compile=compile,
+                   cudagraphs=cudagraphs if compile else None, compile_options=compile_options)
+
+
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
 
 
 # -- timing --------------------------------------------------------------------
-def time_modes(updaters: dict[str, Updater], batch: TensorDict, steps: int, repeats: int) -> dict[str, dict]:
+def time_modes(updaters: dict[str, Updater], batch: TensorDict, steps: int, repeats: int, device="cpu") -> dict[str, dict]:
     """Per mode: the first call's time (the compile, if any), then the median
     over ``repeats`` of the mean time of ``steps`` updates. Repeats are
     interleaved across modes so that a shared machine's load hits them alike."""
@@ -142,13 +157,18 @@ def time_modes(updaters: dict[str, Updater], batch: TensorDict, steps: int, repe
     for mode, updater in updaters.items():
         t0 = time.perf_counter()
         updater(batch)  # compile (if any) happens here
+        sync(device)
         results[mode] = {"first_call_s": time.perf_counter() - t0, "samples_ms": []}
-        updater(batch)  # a second call may still specialise (optimiser state now exists)
+        for _ in range(updater.warmup + 2 if updater.cudagraphs else 1):
+            updater(batch)  # a second call may still specialise; CUDA graphs capture after `warmup` calls
+        sync(device)
     for _ in range(repeats):
         for mode, updater in updaters.items():
+            sync(device)
             t0 = time.perf_counter()
             for _ in range(steps):
                 updater(batch)
+            sync(device)
             results[mode]["samples_ms"].append(1e3 * (time.perf_counter() - t0) / steps)
     for r in results.values():
         r["ms_per_update"] = statistics.median(r["samples_ms"])
@@ -157,31 +177,36 @@ def time_modes(updaters: dict[str, Updater], batch: TensorDict, steps: int, repe
     return results
 
 
-def gemm_gflops(m: int, k: int, n: int, dtype=torch.float32, bursts: int = 7, seconds: float = 0.1) -> float:
+def gemm_gflops(m: int, k: int, n: int, dtype=torch.float32, bursts: int = 7, seconds: float = 0.1,
+                device="cpu") -> float:
     """``torch.matmul`` rate, best of ``bursts`` short bursts (the machine's
     peak for that shape; a shared machine's contention only lowers samples)."""
-    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    a, b = torch.randn(m, k, dtype=dtype, device=device), torch.randn(k, n, dtype=dtype, device=device)
     for _ in range(3):
         a @ b
+    sync(device)
     best = 0.0
     for _ in range(bursts):
         reps, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds:
             a @ b
             reps += 1
+            if reps % 16 == 0:
+                sync(device)
+        sync(device)
         best = max(best, 2 * m * k * n * reps / (time.perf_counter() - t0) / 1e9)
     return best
 
 
-def bf16_loss_effect(hidden, batch: TensorDict) -> dict:
+def bf16_loss_effect(hidden, batch: TensorDict, device="cpu") -> dict:
     """Relative change of each loss with bf16 solves, same state and RNG."""
     out = {}
     for bf16 in (False, True):
-        updater = make_updater(hidden, compile=False, bf16_solves=bf16)
+        updater = make_updater(hidden, compile=False, bf16_solves=bf16, device=device)
         torch.manual_seed(123)
         with torch.no_grad():
             out[bf16] = updater.loss(batch)
-    keys = ["loss_critic", "loss_flow", "loss_refine", "loss_alpha", "flow_bc_mse", "target_mean"]
+    keys = ["loss_qvalue", "loss_flow", "loss_actor", "loss_alpha", "flow_bc_mse", "target_mean"]
     return {k: float((out[True][k] - out[False][k]).abs() / out[False][k].abs().clamp_min(1e-12)) for k in keys}
 
 
@@ -194,21 +219,31 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--no-compile", action="store_true", help="eager only")
     parser.add_argument("--config", choices=sorted(CONFIGS), action="append", default=None,
                         help="only these configurations (repeatable; default: all)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    parser.add_argument("--compile-backend", default=None,
+                        help="torch.compile backend of the compiled modes (default inductor; 'eager' tests plumbing only)")
     args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but torch.cuda.is_available() is False")
+    compile_options = {"backend": args.compile_backend} if args.compile_backend else None
+    cpu_line = cpu_description()
+    gpu_name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    print(f"CPU: {cpu_line}" + (f"\nGPU: {gpu_name}" if gpu_name else ""), flush=True)
     if args.threads:
         torch.set_num_threads(args.threads)
     repeats = args.repeats or (3 if args.quick else 7)
     torch.manual_seed(0)
-    batch = make_batch()
+    batch = make_batch(device=device)
 
     load_before = os.getloadavg()
     if load_before[0] > 1.5 and not args.threads:
         print(f"warning: load average {load_before[0]:.1f} on this machine: multi-threaded timings will be "
               "contended (OpenMP threads wait on busy cores); --threads 1 degrades more gracefully", flush=True)
     gemm = {
-        "fp32 2048^3": gemm_gflops(2048, 2048, 2048, bursts=3, seconds=0.3),
-        "fp32 256x512x512": gemm_gflops(256, 512, 512),
-        "bf16 256x512x512": gemm_gflops(256, 512, 512, torch.bfloat16),
+        "fp32 2048^3": gemm_gflops(2048, 2048, 2048, bursts=3, seconds=0.3, device=device),
+        "fp32 256x512x512": gemm_gflops(256, 512, 512, device=device),
+        "bf16 256x512x512": gemm_gflops(256, 512, 512, torch.bfloat16, device=device),
     }
     layer_rate = gemm["fp32 256x512x512"]
     rows, flops_by_config = [], {}
@@ -216,22 +251,31 @@ def main(argv: Sequence[str] | None = None) -> dict:
         if args.config and name not in args.config:
             continue
         flops = update_flops(OBS_DIM, ACT_DIM, hidden, BATCH)
-        flops["counted (torch FlopCounterMode)"] = counted_flops(make_updater(hidden, compile=False), batch)
+        flops["counted (torch FlopCounterMode)"] = counted_flops(make_updater(hidden, compile=False, device=device), batch)
         flops_by_config[name] = flops
         small = hidden == CONFIGS["small"]
         steps = (10 if args.quick else 20) if small else 3
+        if device.type == "cuda":
+            steps = 20 if args.quick else 50
         modes = [("eager", False, False), ("eager + bf16 solves", False, True)]
-        if not args.no_compile and (small or not args.quick):
-            modes += [("compiled", True, False), ("compiled + bf16 solves", True, True)]
-        if args.quick:
+        if not args.no_compile and (small or not args.quick or device.type == "cuda"):
+            graphs = " (+ CUDA graphs)" if device.type == "cuda" else ""
+            modes += [("compiled" + graphs, True, False), ("compiled + bf16 solves" + graphs, True, True)]
+            if device.type == "cuda" and not args.quick:  # one more cold compile (≈ a minute)
+                modes.append(("compiled, no CUDA graphs", "no-graphs", False))
+        if args.quick and device.type != "cuda":
             modes = [m for m in modes if "bf16" not in m[0] or not small]
-        updaters = {mode: make_updater(hidden, compile=c, bf16_solves=bf16) for mode, c, bf16 in modes}
-        for mode, r in time_modes(updaters, batch, steps, repeats).items():
+        updaters = {
+            mode: make_updater(hidden, compile=bool(c), bf16_solves=bf16, device=device,
+                               cudagraphs=False if c == "no-graphs" else None, compile_options=compile_options)
+            for mode, c, bf16 in modes
+        }
+        for mode, r in time_modes(updaters, batch, steps, repeats, device).items():
             r.update(config=name, mode=mode, gflops=flops["total"] / 1e9 * r["updates_per_s"])
             r["percent_of_fp32_gemm"] = 100 * r["gflops"] / layer_rate
             rows.append(r)
             print(f"  {name:16s} {mode:24s} {r['ms_per_update']:8.2f} ms (compile/first call {r['first_call_s']:.1f} s)", flush=True)
-    bf16_effect = bf16_loss_effect(CONFIGS["reference"] if not args.config else CONFIGS[args.config[0]], batch)
+    bf16_effect = bf16_loss_effect(CONFIGS["reference"] if not args.config else CONFIGS[args.config[0]], batch, device)
 
     print("\nGEMM rate (torch.matmul, this run): " + ", ".join(f"{k}: {v:.0f} GFLOP/s" for k, v in gemm.items()))
     for name, flops in flops_by_config.items():
@@ -247,7 +291,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     for k, v in bf16_effect.items():
         print(f"  {k:12s} {v:.2e}")
     result = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": torch.get_num_threads(),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu": cpu_line,
+                    "device": str(device), "gpu": gpu_name, "threads": torch.get_num_threads(),
                     "torch": torch.__version__, "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
         "sizes": {"obs_dim": OBS_DIM, "act_dim": ACT_DIM, "batch": BATCH, "K": NUM_STEPS, "num_critics": NUM_CRITICS},
         "gemm_gflops": gemm,

@@ -23,7 +23,15 @@ precision: ``fp32`` (default, no suffix), ``bf16`` (``eager-bf16``,
 ``compile-bf16``, ``triton-bf16``, ``auto-bf16``): the 512×512 hidden layers
 run with bf16 weights and activations and fp32 accumulation; the first layers,
 the output layers and the ODE state ``x`` stay fp32. On CPU, batches smaller
-than ``BF16_MIN_BATCH_CPU`` (8) run in fp32 (faster there, see below). ``tf32`` exists for
+than ``BF16_MIN_BATCH_CPU`` (8) run in fp32 (faster there, see below).
+
+bf16 only where it pays (:mod:`deflow_trl.hardware`): ``auto-bf16`` keeps
+bf16 only on hardware that multiplies it natively (CPUs with
+``avx512_bf16``/``amx_bf16``, CUDA capability ≥ 8.0) and resolves to the
+fp32 kind elsewhere; an explicit ``eager-bf16``/``compile-bf16``/
+``triton-bf16`` there **runs as asked and warns once** (emulated bf16 is
+correct but ≈ 4× slower than fp32 on an AVX2-only CPU; refusing would break
+configs that are merely slow). ``tf32`` exists for
 ``triton`` only (``tl.dot`` in tf32); for ``compile`` on CUDA tf32 follows
 torch's global ``torch.backends.cuda.matmul`` setting.
 
@@ -53,15 +61,18 @@ gets its own graph: expect up to three compiles (≈ 20 s cold on a 2-core CPU,
 """
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import shutil
 import types
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import torch
 from torch.nn import functional as F
+
+# The weight types live in deflow_trl.flow_weights, shared with kernels/ (no import circle).
+from deflow_trl.flow_weights import FlowWeights
+from deflow_trl.hardware import bf16_not_native_reason, warn_if_bf16_not_native
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +81,6 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 BACKENDS = tuple(
     k if p == "fp32" else f"{k}-{p}" for k in KINDS for p in PRECISIONS if p != "tf32" or k == "triton"
 )
-_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}
 # Below this batch a CPU "bf16" backend runs its fp32 unit: a GEMV is memory
 # bound and oneDNN's bf16 GEMV is slower than MKL's fp32 one (measured 25 µs vs
 # 13 µs for 1×512×512 on the 2-core EPYC; bf16 wins from batch 8 on).
@@ -103,6 +113,14 @@ def resolve_backend(name: str, device: torch.device | str) -> str:
     """The concrete backend (``"<kind>[-<precision>]"``, kind ≠ auto) that
     ``name`` means on ``device``.
 
+    ``auto[-bf16]`` picks the kind (``triton`` on CUDA when importable, else
+    ``compile`` when a compiler toolchain is found, else ``eager``) and keeps
+    bf16 only where the device multiplies it natively
+    (:func:`deflow_trl.hardware.native_bf16`); elsewhere ``auto-bf16`` resolves
+    to the fp32 kind, with the reason in the once-per-(name, device) log line.
+    An explicit ``<kind>-bf16`` on such hardware runs as asked and warns once
+    (:func:`deflow_trl.hardware.warn_if_bf16_not_native`).
+
     Raises ``RuntimeError`` for ``triton`` when Triton cannot run there (no
     CUDA device, Triton not importable) unless ``TRITON_INTERPRET=1``.
     """
@@ -119,6 +137,8 @@ def resolve_backend(name: str, device: torch.device | str) -> str:
                 "or set TRITON_INTERPRET=1 (slow CPU interpreter, for tests)"
             )
     if kind != "auto":
+        if precision == "bf16":
+            warn_if_bf16_not_native(device, what=f"sampler backend {name!r}")
         return name
     if device.type == "cuda" and TRITON_AVAILABLE:
         kind = "triton"
@@ -126,84 +146,15 @@ def resolve_backend(name: str, device: torch.device | str) -> str:
         kind = "compile"
     else:
         kind = "eager"
+    why_not_bf16 = bf16_not_native_reason(device) if precision == "bf16" else None
+    if why_not_bf16 is not None:
+        precision = "fp32"
     resolved = kind if precision == "fp32" else f"{kind}-{precision}"
     if (name, str(device)) not in _logged:
         _logged.add((name, str(device)))
-        logger.info("FlowSampler backend %r on %s resolves to %r", name, device, resolved)
+        note = f" (no bf16: {why_not_bf16})" if why_not_bf16 else ""
+        logger.info("FlowSampler backend %r on %s resolves to %r%s", name, device, resolved, note)
     return resolved
-
-
-# -- the weights, read live ---------------------------------------------------
-class FlowWeights(NamedTuple):
-    """The tensors a sampler needs, in the form the functional units take.
-
-    Velocity: ``w_obs, w_x, w_t, b0`` (split first layer, fp32), then the hidden
-    layers ``hidden_w``/``hidden_b`` (compute dtype) and the head ``out_w``,
-    ``out_b`` (fp32). Refiner: ``r_w0, r_b0`` (first layer on ``concat(s, a)``,
-    fp32), ``r_hidden_w``/``r_hidden_b`` (compute dtype), ``r_out_w, r_out_b``.
-    """
-
-    w_obs: torch.Tensor
-    w_x: torch.Tensor
-    w_t: torch.Tensor
-    b0: torch.Tensor
-    hidden_w: tuple[torch.Tensor, ...]
-    hidden_b: tuple[torch.Tensor, ...]
-    out_w: torch.Tensor
-    out_b: torch.Tensor
-    r_w0: torch.Tensor
-    r_b0: torch.Tensor
-    r_hidden_w: tuple[torch.Tensor, ...]
-    r_hidden_b: tuple[torch.Tensor, ...]
-    r_out_w: torch.Tensor
-    r_out_b: torch.Tensor
-
-
-def live_parameters(velocity, refiner) -> list[torch.Tensor]:
-    """Every parameter the sampler reads, in a fixed order."""
-    return [p for m in (velocity.mlp.linears, refiner.mlp.linears) for lin in m for p in (lin.weight, lin.bias)]
-
-
-def _split(velocity, refiner, cast: Callable[[torch.Tensor], torch.Tensor]) -> FlowWeights:
-    v, r = velocity.mlp.linears, refiner.mlp.linears
-    w_obs, w_x, w_t = velocity.first_layer_weights()
-    return FlowWeights(
-        w_obs, w_x, w_t, v[0].bias,
-        tuple(cast(lin.weight) for lin in v[1:-1]), tuple(cast(lin.bias) for lin in v[1:-1]),
-        v[-1].weight, v[-1].bias,
-        r[0].weight, r[0].bias,
-        tuple(cast(lin.weight) for lin in r[1:-1]), tuple(cast(lin.bias) for lin in r[1:-1]),
-        r[-1].weight, r[-1].bias,
-    )
-
-
-class WeightCache:
-    """Derived weights (a dtype cast, a stacking) re-made only when a parameter
-    changed: the key is every parameter's ``(data_ptr, _version)``."""
-
-    def __init__(self) -> None:
-        self._key: tuple | None = None
-        self._value = None
-
-    def clear(self) -> None:
-        self._key, self._value = None, None
-
-    def get(self, params: list[torch.Tensor], make: Callable[[], object]):
-        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
-        if key != self._key:
-            self._value, self._key = make(), key
-        return self._value
-
-
-def flow_weights(velocity, refiner, precision: str, cache: WeightCache | None = None) -> FlowWeights:
-    """The live weights, with hidden layers in the precision's dtype (cached)."""
-    dtype = _DTYPES[precision]
-    if dtype == velocity.mlp.linears[0].weight.dtype:
-        return _split(velocity, refiner, lambda t: t)
-    make = functools.partial(_split, velocity, refiner, lambda t: t.detach().to(dtype))
-    if cache is None:
-        return make()
-    return cache.get(live_parameters(velocity, refiner), make)
 
 
 # -- the functional units (same op order as solve_flow / refine) -------------

@@ -34,21 +34,28 @@ Precision
     everywhere; the ODE state, the first layers and the heads stay fp32.
 
 Block sizes
-    :func:`fused_linear` is autotuned over ``BLOCK_M × BLOCK_N × BLOCK_K``
-    and warps, keyed on ``(next_pow2(M), N, K)`` so that a new batch size in
-    the same power-of-two bucket does not re-tune. Configs wider than the
-    problem are pruned before benchmarking (``_prune_linear``): a batch of 1
-    never tries ``BLOCK_M = 128``, a head of 5 outputs never tries
-    ``BLOCK_N = 128``. The whole-loop kernel tunes ``BLOCK_M`` (16–64; 16 is
-    ``tl.dot``'s minimum) the same way. Under ``TRITON_INTERPRET=1`` a single
-    small config is used (the interpreter would "benchmark" every config).
+    :func:`fused_linear` is autotuned over a curated list of ten
+    ``BLOCK_M × BLOCK_N × BLOCK_K``/warps/stages tiles (``LINEAR_TILES``:
+    GEMV-like 16-row tiles for small batches, 64–128-row GEMM tiles for
+    large ones), keyed on ``(next_pow2(M), N, K)`` so that a new batch size
+    in the same power-of-two bucket does not re-tune. A full grid (72
+    configs) would cost a minute of compiles per layer shape on a cold
+    cache. Configs wider than the problem are pruned before benchmarking
+    (``_prune_linear``): a batch of 1 never tries ``BLOCK_M = 128``, a head
+    of 5 outputs never tries ``BLOCK_N = 128``. The whole-loop kernel tunes
+    ``BLOCK_M`` (16–64; 16 is ``tl.dot``'s minimum) the same way. Under
+    ``TRITON_INTERPRET=1``, or with ``DEFLOW_TRITON_AUTOTUNE=0`` (correctness
+    tests on a GPU, where compile time matters and speed does not), one
+    config per kernel is used and nothing is benchmarked. Both variables are
+    read when this module is first imported.
 
 Known limits
     CUDA only in production; runs on CPU tensors only under the interpreter
     (tests, small sizes). Inputs are 2-D ``[B, dim]`` fp32. The whole-loop
     path needs uniform hidden widths ≤ 128. Not timed on a GPU yet (no GPU
     was available when this was written): the speed claims above are about
-    launches, not measured throughput.
+    launches, not measured throughput. ``benchmarks/gpu_check.py`` is the
+    one command that validates and times them on a CUDA machine.
 
 Availability
     :data:`deflow_trl.kernels.TRITON_AVAILABLE`; the sampler's ``auto``
@@ -62,10 +69,12 @@ import torch
 import triton
 import triton.language as tl
 
-from deflow_trl.backends import FlowWeights, WeightCache, flow_weights, live_parameters
+from deflow_trl.flow_weights import FlowWeights, WeightCache, flow_weights, live_parameters
 
 WHOLE_LOOP_MAX_HIDDEN = 128
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+#: Autotuning on (default) or off (``DEFLOW_TRITON_AUTOTUNE=0``: one config per kernel).
+AUTOTUNE = not _INTERPRET and os.environ.get("DEFLOW_TRITON_AUTOTUNE", "1") != "0"
 INTERPRET: tl.constexpr = tl.constexpr(_INTERPRET)  # read by _dot at compile time
 _DOT_PRECISION = {"fp32": "ieee", "tf32": "tf32", "bf16": "ieee"}
 
@@ -95,16 +104,21 @@ def _dot(a, b, acc, DOT_PRECISION: tl.constexpr):
 
 
 # -- per-layer path -----------------------------------------------------------
+#: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) tried by the autotuner:
+#: 16-row tiles for GEMV-like small batches (the weights stream once per
+#: 16 rows), 32-128-row tiles for GEMMs. Pruned per problem by _prune_linear.
+LINEAR_TILES = (
+    (16, 32, 64, 4, 3), (16, 64, 64, 4, 3), (16, 128, 64, 4, 3),
+    (32, 64, 64, 4, 3), (32, 128, 32, 4, 3),
+    (64, 64, 32, 4, 3), (64, 128, 32, 4, 4), (128, 64, 32, 4, 4), (128, 128, 32, 8, 3), (128, 128, 64, 8, 3),
+)
+
+
 def _linear_configs():
-    if _INTERPRET:
+    if not AUTOTUNE:  # interpreter / DEFLOW_TRITON_AUTOTUNE=0: one small config, nothing benchmarked
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=4)]
-    return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
-        for bm in (16, 32, 64, 128)
-        for bn in (32, 64, 128)
-        for bk in (32, 64)
-        for w, s in ((4, 3), (8, 3), (4, 4))
-    ]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+            for bm, bn, bk, w, s in LINEAR_TILES]
 
 
 def _prune_linear(configs, named_args, **kwargs):
@@ -230,7 +244,7 @@ def per_layer(unit: str, w: FlowWeights, obs, noise, num_steps: int, solver: str
 
 # -- whole-loop path ----------------------------------------------------------
 def _loop_configs():
-    if _INTERPRET:
+    if not AUTOTUNE:
         return [triton.Config({"BLOCK_M": 16}, num_warps=4)]
     return [triton.Config({"BLOCK_M": bm}, num_warps=w, num_stages=2) for bm in (16, 32, 64) for w in (4, 8)]
 
