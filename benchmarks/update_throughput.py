@@ -14,6 +14,7 @@ the change of every loss vs fp32 from the same state and RNG.
     python benchmarks/update_throughput.py --json out.json
     python benchmarks/update_throughput.py --config reference --threads 1
     python benchmarks/update_throughput.py --device cuda --config reference   # + "compiled, no CUDA graphs"
+    python benchmarks/update_throughput.py --config reference --fql --no-compile   # DeFlow vs FQL, same run
 
 On CUDA the compiled modes capture the step in a CUDA graph (the
 ``Updater``'s default there); without ``--quick``, ``compiled, no CUDA
@@ -37,7 +38,7 @@ import torch
 from tensordict import TensorDict
 from torchrl.objectives import SoftUpdate
 
-from deflow_trl import make_deflow
+from deflow_trl import make_deflow, make_fql
 from deflow_trl.hardware import cpu_description
 from deflow_trl.update import Updater
 
@@ -133,10 +134,11 @@ def make_batch(batch: int = BATCH, obs_dim: int = OBS_DIM, act_dim: int = ACT_DI
 
 
 def make_updater(hidden, *, compile: bool, bf16_solves: bool = False, seed: int = 0, device="cpu",
-                 cudagraphs: bool | None = None, compile_options: dict | None = None) -> Updater:
+                 cudagraphs: bool | None = None, compile_options: dict | None = None, agent: str = "deflow") -> Updater:
     torch.manual_seed(seed)
-    _, loss = make_deflow(OBS_DIM, ACT_DIM, hidden_sizes=hidden, num_flow_steps=NUM_STEPS, num_critics=NUM_CRITICS,
-                          device=device)
+    make = make_fql if agent == "fql" else make_deflow
+    _, loss = make(OBS_DIM, ACT_DIM, hidden_sizes=hidden, num_flow_steps=NUM_STEPS, num_critics=NUM_CRITICS,
+                   device=device)
     loss.bf16_solves = bf16_solves
     optim = torch.optim.Adam(loss.parameters(), lr=3e-4)
     return Updater(loss, optim, SoftUpdate(loss, tau=0.005), compile=compile,
@@ -220,6 +222,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--config", choices=sorted(CONFIGS), action="append", default=None,
                         help="only these configurations (repeatable; default: all)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    parser.add_argument("--fql", action="store_true",
+                        help="also time FQL's update (same critic and flow; distils a one-step policy) in the same run")
     parser.add_argument("--compile-backend", default=None,
                         help="torch.compile backend of the compiled modes (default inductor; 'eager' tests plumbing only)")
     args = parser.parse_args(argv)
@@ -265,13 +269,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 modes.append(("compiled, no CUDA graphs", "no-graphs", False))
         if args.quick and device.type != "cuda":
             modes = [m for m in modes if "bf16" not in m[0] or not small]
+        if args.fql:  # FQL beside DeFlow, interleaved in the same timing loop
+            modes += [("FQL " + m, c, bf16) for m, c, bf16 in modes if "bf16" not in m]
         updaters = {
             mode: make_updater(hidden, compile=bool(c), bf16_solves=bf16, device=device,
-                               cudagraphs=False if c == "no-graphs" else None, compile_options=compile_options)
+                               cudagraphs=False if c == "no-graphs" else None, compile_options=compile_options,
+                               agent="fql" if mode.startswith("FQL") else "deflow")
             for mode, c, bf16 in modes
         }
+        if args.fql:
+            flops["FQL counted (torch FlopCounterMode)"] = counted_flops(
+                make_updater(hidden, compile=False, device=device, agent="fql"), batch)
         for mode, r in time_modes(updaters, batch, steps, repeats, device).items():
-            r.update(config=name, mode=mode, gflops=flops["total"] / 1e9 * r["updates_per_s"])
+            total = flops["FQL counted (torch FlopCounterMode)"] if mode.startswith("FQL") else flops["total"]
+            r.update(config=name, mode=mode, gflops=total / 1e9 * r["updates_per_s"])
             r["percent_of_fp32_gemm"] = 100 * r["gflops"] / layer_rate
             rows.append(r)
             print(f"  {name:16s} {mode:24s} {r['ms_per_update']:8.2f} ms (compile/first call {r['first_call_s']:.1f} s)", flush=True)
