@@ -6,6 +6,9 @@ saved to a hidden temporary file in the same directory, flushed to disk
 POSIX). A SIGKILL at any moment therefore leaves either the previous set of
 checkpoints or the previous set plus a complete new one, never a half-written
 ``ckpt_*.pt``; leftover temporary files are ignored by readers and removed by the next save.
+A checkpoint damaged some other way (disk error, partial copy) is reported and
+skipped by :func:`load_latest_checkpoint`, which falls back to the previous one;
+the training app moves it aside as ``<name>.corrupt`` (never deletes it).
 
 Everything stored is loadable with ``torch.load(weights_only=True)``: tensors,
 numbers, strings and containers of them (RNG states are stored as tensors).
@@ -17,9 +20,12 @@ import os
 import random
 import re
 import tempfile
+import warnings
 
 import numpy as np
 import torch
+
+from deflow_trl.errors import CheckpointError
 
 _NAME = re.compile(r"^ckpt_(\d{9})\.pt$")
 
@@ -86,22 +92,40 @@ def save_checkpoint(directory: str, step: int, state: dict, keep: int = 3) -> st
     return path
 
 
-def load_latest_checkpoint(directory: str, map_location="cpu") -> tuple[dict, str] | None:
-    """The newest checkpoint in ``directory`` as ``(state, path)``, or None.
+def load_latest_checkpoint(
+    directory: str, map_location="cpu", *, move_corrupt: bool = False,
+) -> tuple[dict, str] | None:
+    """The newest *valid* checkpoint in ``directory`` as ``(state, path)``, or None if there is none.
 
-    A checkpoint that fails to load (only possible if something other than
-    :func:`save_checkpoint` wrote it) raises a ``RuntimeError`` naming the
-    file: a corrupt checkpoint is never skipped silently, and nothing is deleted.
+    A checkpoint that fails to load (a disk error, a file copied in half, something
+    other than :func:`save_checkpoint` wrote it) is never skipped silently: it is
+    reported with a warning naming the file and the error, and the next older one
+    is tried. With ``move_corrupt=True`` (the training app, which holds the run
+    directory's lock) the bad file is renamed to ``<name>.corrupt`` — kept for
+    inspection, never deleted, and no longer counted by rotation. If every
+    checkpoint is corrupt, :class:`~deflow_trl.errors.CheckpointError` says so.
     """
     files = _checkpoint_files(directory)
-    if not files:
-        return None
-    _, path = files[-1]
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        raise RuntimeError(
-            f"checkpoint {path} is corrupt or unreadable ({type(err).__name__}: {err}); "
-            "move it away to resume from the previous one, or start a new run directory"
-        ) from err
-    return state, path
+    bad = []
+    for _, path in reversed(files):
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=True)
+            if not isinstance(state, dict) or "step" not in state:
+                raise ValueError("not a training checkpoint (no 'step')")
+        except Exception as err:
+            reason = str(err).splitlines()[0] if str(err) else ""
+            moved = ""
+            if move_corrupt:
+                os.replace(path, path + ".corrupt")
+                moved = f"; moved to {path}.corrupt"
+            warnings.warn(f"checkpoint {path} is corrupt or unreadable ({type(err).__name__}: {reason}){moved}; "
+                          "trying the previous one", RuntimeWarning, stacklevel=2)
+            bad.append(path)
+            continue
+        return state, path
+    if bad:
+        raise CheckpointError(
+            f"every checkpoint in {directory} is corrupt or unreadable ({len(bad)}: {', '.join(map(os.path.basename, bad))}"
+            f"{', moved aside as *.corrupt' if move_corrupt else ''}); start a new run directory or pass overwrite=true"
+        )
+    return None

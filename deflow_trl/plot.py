@@ -1,7 +1,6 @@
 """Learning curves from a run directory's CSV metrics (TorchRL ``CSVLogger`` layout)."""
 from __future__ import annotations
 
-import glob
 import os
 
 import numpy as np
@@ -39,7 +38,7 @@ def plot_run(run_dir: str, out: str | None = None, target_divergence: float | No
     steps, success = read_scalar(run_dir, "eval/success_rate")
     axes[0].plot(steps, 100 * success, marker="o")
     axes[0].set(title="evaluation success rate", xlabel="step", ylabel="%", ylim=(-2, 102))
-    for name in ("loss_critic", "loss_flow", "flow_bc_mse"):
+    for name in ("loss_qvalue", "loss_flow", "flow_bc_mse"):
         s, v = read_scalar(run_dir, f"train/{name}")
         if len(s) and np.isfinite(v).any():
             axes[1].plot(s, v, label=name)
@@ -56,15 +55,15 @@ def plot_run(run_dir: str, out: str | None = None, target_divergence: float | No
         twin = axes[2].twinx()
         twin.plot(s, v, color="tab:red", label="α")
         twin.set_ylabel("α", color="tab:red")
-    axes[2].set(title="trust region", xlabel="step")
-    axes[2].legend(fontsize=8, loc="upper left")
+    s, v = read_scalar(run_dir, "train/distill")  # FQL: the one-step policy's distance to the flow
+    if len(s):
+        axes[2].plot(s, v, label="distillation gap (FQL)")
+        axes[2].set(yscale="log")
+    axes[2].set(title="trust region / distillation", xlabel="step")
+    if axes[2].get_legend_handles_labels()[0]:
+        axes[2].legend(fontsize=8, loc="upper left")
     fig.suptitle(run_dir, fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
-
-
-def run_dirs(root: str) -> list[str]:
-    """Every run directory under ``root`` (those holding ``metrics/scalars``)."""
-    return sorted(os.path.dirname(os.path.dirname(p)) for p in glob.glob(os.path.join(root, "**", "metrics", "scalars"), recursive=True))

@@ -1,6 +1,6 @@
 """DeFlow on OGBench, launched with Hydra.
 
-    python -m deflow_trl.train                                  # reference protocol, cube-single task 1
+    python -m deflow_trl.train                                  # reference protocol, cube-single (its default task)
     python -m deflow_trl.train +experiment=quick                # the README's few-minute run
     python -m deflow_trl.train env=puzzle_3x3 task=2 seed=1     # another suite / task / seed
     python -m deflow_trl.train agent=flow_bc                    # the flow-BC baseline (no refiner)
@@ -9,8 +9,17 @@
 
 The run directory (``runs/<agent>/<dataset>/seed<seed>`` by default) holds the
 resolved config (``.hydra/``), ``metrics/scalars/*.csv`` (TorchRL's
-``CSVLogger``), ``checkpoints/`` and ``learning_curve.png``. Running the same
+``CSVLogger``), ``checkpoints/``, ``train.log`` and ``learning_curve.png``. Running the same
 command again resumes from the latest checkpoint (``resume=auto``).
+
+Runs survive people and clusters: one process per run directory (an OS lock,
+:mod:`deflow_trl.runlock`); the record is written only after every check passed
+(:mod:`deflow_trl.rundir`; a refused launch changes nothing); Ctrl-C, SIGTERM and
+SIGUSR1 finish the update, save a checkpoint and print the resume command
+(:mod:`deflow_trl.signals`); a corrupt newest checkpoint is moved aside and the one
+before it resumed. Known errors are one line (:mod:`deflow_trl.errors`; ``debug=true``
+or ``DEFLOW_DEBUG=1`` for tracebacks); in a ``-m`` sweep a failed job is listed at
+the end and the others still run.
 
 The loop reads top to bottom: check the config → data → networks, loss,
 optimiser → offline steps (update, log, evaluate, checkpoint) → online steps
@@ -21,91 +30,73 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shlex
+import shutil
+import sys
 import time
 
 import hydra
 import torch
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 from tensordict import TensorDict
 from torchrl.objectives import SoftUpdate
 from tqdm import tqdm
 
 from deflow_trl.checkpoint import load_latest_checkpoint, rng_state, save_checkpoint, set_rng_state
+from deflow_trl.config_schema import check_config, resolve_device, validate_config  # noqa: F401 (re-exported)
 from deflow_trl.data import replay_buffer_from_transitions
-from deflow_trl.make import make_deflow
+from deflow_trl.errors import ConfigError, debug_requested, one_line
+from deflow_trl.agents import build_agent, trains_flow_only
+from deflow_trl.rundir import check_resume, check_writable, clear_record, truncate_metrics, write_record
+from deflow_trl.runlock import run_dir_lock
+from deflow_trl.signals import GracefulStop
 from deflow_trl.update import make_update
 
 log = logging.getLogger("deflow_trl.train")
 CONFIG_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, "configs"))
-# make_deflow keywords that the agent config provides.
-AGENT_KEYS = (
-    "hidden_sizes", "num_critics", "num_flow_steps", "solver", "discount", "target_divergence", "q_agg",
-    "normalize_q_loss", "init_log_alpha", "sampling", "num_samples", "refine_iterations", "backend", "refine",
-    "bf16_solves",
-)
 
 
-class ConfigError(ValueError):
-    """A configuration that cannot run; raised before any work is done."""
+class TrainingStopped(Exception):
+    """A stop signal (Ctrl-C, SIGTERM, SIGUSR1) ended the run after a checkpoint at ``step``."""
 
-
-# ----------------------------------------------------------------------------- config
-def check_config(cfg: DictConfig) -> None:
-    """Every check that needs no data: one clear error per problem."""
-    from deflow_trl.data import parse_ogbench_name
-    from deflow_trl.sampler import check_solver
-
-    a = cfg.agent
-    if not a.target_divergence > 0:
-        raise ConfigError(f"agent.target_divergence (δ) must be > 0, got {a.target_divergence}")
-    if not 0 <= a.discount <= 1:
-        raise ConfigError(f"agent.discount must be in [0, 1], got {a.discount}")
-    if a.q_agg not in ("mean", "min"):
-        raise ConfigError(f"agent.q_agg must be 'mean' or 'min', got {a.q_agg!r}")
-    try:
-        check_solver(a.solver, a.num_flow_steps)
-    except ValueError as err:
-        raise ConfigError(f"agent: {err}") from None
-    if not a.lr > 0 or not 0 < a.tau <= 1:
-        raise ConfigError(f"agent.lr must be > 0 and agent.tau in (0, 1]; got lr={a.lr}, tau={a.tau}")
-    if cfg.eval_episodes < 1:
-        raise ConfigError(f"eval_episodes must be >= 1, got {cfg.eval_episodes}")
-    for key in ("batch_size", "eval_interval", "log_interval", "save_interval", "keep_checkpoints"):
-        if cfg[key] < 1:
-            raise ConfigError(f"{key} must be >= 1, got {cfg[key]}")
-    if cfg.offline_steps < 0 or cfg.online_steps < 0 or cfg.offline_steps + cfg.online_steps < 1:
-        raise ConfigError("offline_steps and online_steps must be >= 0 and not both 0")
-    if cfg.resume not in ("auto", True, False):
-        raise ConfigError(f"resume must be auto, true or false, got {cfg.resume!r}")
-    if cfg.task not in (1, 2, 3, 4, 5):
-        raise ConfigError(f"task must be one of 1..5 (OGBench single-task ids), got {cfg.task!r}")
-    try:
-        parse_ogbench_name(cfg.dataset)
-    except ValueError as err:
-        raise ConfigError(f"unknown env/dataset {cfg.dataset!r}: {err}") from None
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but CUDA is not available")
-    return torch.device(name)
+    def __init__(self, signal_name: str, exit_code: int, step: int, checkpoint: str):
+        super().__init__(f"{signal_name}: stopped at step {step}, checkpoint {checkpoint}")
+        self.signal_name, self.exit_code, self.step, self.checkpoint = signal_name, exit_code, step, checkpoint
 
 
 # ----------------------------------------------------------------------------- data
-def dataset_size(cfg: DictConfig) -> int | None:
-    """Transitions in the train file, read from the ``.npz`` header (no decompression)."""
+def dataset_header(cfg: DictConfig) -> dict | None:
+    """Shapes of the train file's arrays, read from the ``.npz`` headers (no decompression); None if missing."""
     from deflow_trl.data import ogbench_dataset_path
     from deflow_trl.data.ogbench import _npz_headers
 
     path = ogbench_dataset_path(cfg.dataset, cfg.data.dataset_dir, "train")
     if not os.path.isfile(path):
         return None
-    try:
-        return _npz_headers(path)["observations"][0][0]
-    except Exception:
-        return None  # the loader reports what is wrong with the file
+    return {k: shape for k, (shape, _) in _npz_headers(path).items()} | {"path": path}
+
+
+def check_data_fits(cfg: DictConfig, env, header: dict | None) -> None:
+    """The dataset's observation/action shapes match the env's spaces and hold at least one batch.
+
+    Reads only the file headers and the env's specs (the env is never stepped), so a
+    dataset of another env fails here and not at the first evaluation, hours later.
+    """
+    if header is None or "observations" not in header or "actions" not in header:
+        return  # missing (generated or downloaded next) or not an OGBench file (the loader says what is wrong)
+    path = header["path"]
+    env_obs = tuple(env.observation_spec["observation"].shape)
+    env_act = tuple(env.action_spec.shape)
+    obs, act = tuple(header["observations"][1:]), tuple(header["actions"][1:])
+    if obs != env_obs or act != env_act:
+        raise ConfigError(
+            f"{path} holds observations {list(obs)} and actions {list(act)} per step, but {cfg.dataset}'s env has "
+            f"observations {list(env_obs)} and actions {list(env_act)}: the file belongs to another env or task"
+        )
+    n = header["observations"][0]
+    if cfg.batch_size > n:
+        raise ConfigError(f"batch_size={cfg.batch_size} is larger than the dataset ({n} transitions)")
 
 
 def prepare_dataset(cfg: DictConfig) -> TensorDict:
@@ -151,150 +142,207 @@ class Metrics:
 
 # ----------------------------------------------------------------------------- the run
 def run(cfg: DictConfig, run_dir: str) -> dict:
-    """Trains and evaluates as configured; returns the last evaluation."""
+    """Trains and evaluates as configured; returns the last evaluation.
+
+    Every check that needs no training comes first and touches nothing: the
+    config (types and values), the output directories, the dataset's shapes
+    against the env's spaces. Then the run directory is locked for the run's life
+    (:mod:`deflow_trl.runlock`), the resume rules are applied (:mod:`deflow_trl.rundir`),
+    the data and networks are built and the checkpoint loaded; only then is the
+    run's record (``.hydra/``, ``train.log``, metrics) written. A stop signal
+    ends the loop with a checkpoint and :class:`TrainingStopped`.
+    """
+    from deflow_trl.data.generate import default_dataset_dir
+    from deflow_trl.envs import make_ogbench_env
+
+    cfg = validate_config(cfg)
+    check_writable(run_dir, "run directory")
+    header = dataset_header(cfg)
+    if header is None and (cfg.data.generate_if_missing or cfg.data.download):
+        check_writable(cfg.data.dataset_dir or default_dataset_dir(), "data.dataset_dir")
+    device = resolve_device(cfg.device)
+    eval_env = make_ogbench_env(cfg.dataset, seed=cfg.seed)  # built, never stepped, before any work
+    try:
+        check_data_fits(cfg, eval_env, header)
+        lock = run_dir_lock(run_dir)
+        with lock:
+            return _train(cfg, run_dir, device, eval_env, lock)
+    finally:
+        eval_env.close()
+
+
+def _train(cfg: DictConfig, run_dir: str, device: torch.device, eval_env, lock) -> dict:
+    """:func:`run` once the run directory is locked."""
     from deflow_trl.envs import make_ogbench_env
     from deflow_trl.evaluation import evaluate
     from deflow_trl.plot import plot_run
 
-    check_config(cfg)
-    n = dataset_size(cfg)
-    if n is not None and cfg.batch_size > n:
-        raise ConfigError(f"batch_size={cfg.batch_size} is larger than the dataset ({n} transitions)")
-    ckpt_dir = os.path.join(run_dir, "checkpoints")
-    found = load_latest_checkpoint(ckpt_dir)
-    if found is not None and cfg.resume is False:
-        raise ConfigError(f"{run_dir} already holds checkpoints; pass resume=true/auto, or another hydra.run.dir")
-    if found is None and cfg.resume is True:
-        raise ConfigError(f"resume=true but {ckpt_dir} holds no checkpoint")
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
+    recorded = False
+    file_log: logging.Handler | None = None
+    scratch = os.path.join(run_dir, "buffer")
+    try:
+        ckpt_dir = os.path.join(run_dir, "checkpoints")
+        found = None if cfg.get("overwrite", False) else load_latest_checkpoint(ckpt_dir, move_corrupt=True)
+        resuming = check_resume(cfg, run_dir, found)
+        torch.manual_seed(cfg.seed)
 
-    # Data: the dataset is the replay buffer's initial content.
-    data = prepare_dataset(cfg)
-    if cfg.batch_size > data.shape[0]:
-        raise ConfigError(f"batch_size={cfg.batch_size} is larger than the dataset ({data.shape[0]} transitions)")
-    num_offline = data.shape[0]
-    # Room for every online step: nothing is evicted, and the online part is buffer[num_offline:].
-    buffer = replay_buffer_from_transitions(
-        data, cfg.batch_size, capacity=num_offline + cfg.online_steps, storage=cfg.data.storage,
-        scratch_dir=os.path.join(run_dir, "buffer"),
-    )
-    obs_dim, act_dim = data["observation"].shape[-1], data["action"].shape[-1]
+        # Data: the dataset is the replay buffer's initial content.
+        data = prepare_dataset(cfg)
+        check_data_fits(cfg, eval_env, {"path": cfg.dataset, "observations": tuple(data["observation"].shape),
+                                        "actions": tuple(data["action"].shape)})
+        num_offline = data.shape[0]
+        obs_dim, act_dim = data["observation"].shape[-1], data["action"].shape[-1]
 
-    # Networks, loss, optimiser, target updates.
-    agent = {k: cfg.agent[k] for k in AGENT_KEYS}
-    agent["hidden_sizes"] = tuple(agent["hidden_sizes"])
-    policy, loss = make_deflow(obs_dim, act_dim, device=device, **agent)
-    optimizer = torch.optim.Adam(loss.parameters(), lr=cfg.agent.lr)
-    target_updater = SoftUpdate(loss, tau=cfg.agent.tau)
-    if cfg.agent.refine:
-        update = make_update(loss, optimizer, target_updater, compile=cfg.compile_update)
-    else:
-        update = FlowBCUpdate(loss, optimizer)
+        # Networks, loss, optimiser, target updates.
+        policy, loss = build_agent(cfg.agent, obs_dim, act_dim, device)
+        optimizer = torch.optim.Adam(loss.parameters(), lr=cfg.agent.lr)
+        target_updater = SoftUpdate(loss, tau=cfg.agent.tau)
+        if trains_flow_only(cfg.agent):
+            update = FlowBCUpdate(loss, optimizer)
+        else:
+            update = make_update(loss, optimizer, target_updater, compile=cfg.compile_update)
 
-    step = 0
-    if found is not None:
-        state, path = found
-        saved = state.get("config", {})
-        now = OmegaConf.to_container(cfg, resolve=True)
-        changed = [k for k in ("agent", "dataset", "seed", "batch_size") if k in saved and saved[k] != now[k]]
-        if changed:
-            raise ConfigError(
-                f"{path} was trained with different {', '.join(changed)} than this command; "
-                "resume with the same settings, or use another hydra.run.dir"
-            )
-        try:
-            loss.load_state_dict(state["loss"])
-            optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as err:
-            raise ConfigError(
-                f"the checkpoint {path} does not match this configuration (another agent or network size?): "
-                f"{str(err).splitlines()[0]}; use another hydra.run.dir"
-            ) from None
-        set_rng_state(state["rng"])
-        step = int(state["step"])
-        if state.get("online_data") is not None:
+        step = 0
+        online = {"episodes": 0, "successes": 0}  # online counters, checkpointed with the rest
+        if resuming:
+            state, path = found
+            try:
+                loss.load_state_dict(state["loss"])
+                optimizer.load_state_dict(state["optimizer"])
+            except (RuntimeError, ValueError, KeyError) as err:
+                raise ConfigError(
+                    f"the checkpoint {path} does not match this configuration (another agent or network size?): "
+                    f"{str(err).splitlines()[0]}; use another hydra.run.dir"
+                ) from None
+            set_rng_state(state["rng"])
+            step = int(state["step"])
+            online.update({k: int(v) for k, v in state.get("online_counters", {}).items()})
+
+        # Every check passed: from here on the run writes its record.
+        if cfg.get("overwrite", False):
+            removed = clear_record(run_dir)
+            if removed:
+                log.warning("overwrite=true: removed the earlier run's %s from %s", ", ".join(removed), run_dir)
+        elif resuming:
+            truncate_metrics(run_dir, step)  # rows logged after the checkpoint are logged again below
+        recorded = True
+        write_record(run_dir, cfg)
+        file_log = logging.FileHandler(os.path.join(run_dir, "train.log"))
+        file_log.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+        logging.getLogger().addHandler(file_log)
+        if resuming:
+            log.info("resumed from %s at step %d", path, step)
+
+        # Room for every online step: nothing is evicted, and the online part is buffer[num_offline:].
+        # A memmap buffer is scratch owned by this (locked) run: rebuilt from the data at every start.
+        shutil.rmtree(scratch, ignore_errors=True)
+        buffer = replay_buffer_from_transitions(
+            data, cfg.batch_size, capacity=num_offline + cfg.online_steps, storage=cfg.data.storage,
+            scratch_dir=scratch,
+        )
+        if resuming and state.get("online_data") is not None:
             buffer.extend(TensorDict.from_dict(state["online_data"], batch_dims=1))
-        log.info("resumed from %s at step %d", path, step)
 
-    metrics = Metrics(cfg, run_dir)
-    eval_env = make_ogbench_env(cfg.dataset, seed=cfg.seed)
-    total = cfg.offline_steps + cfg.online_steps
-    last_eval: dict = {}
+        metrics = Metrics(cfg, run_dir)
+        total = cfg.offline_steps + cfg.online_steps
+        last_eval: dict = {}
+        saved = {"step": step if resuming else -1, "path": found[1] if resuming else None}
 
-    def save():
-        state = {"step": step, "loss": loss.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(),
-                 "config": OmegaConf.to_container(cfg, resolve=True)}
-        if len(buffer) > num_offline:
-            state["online_data"] = buffer[num_offline : len(buffer)].to_dict()
-        save_checkpoint(ckpt_dir, step, state, keep=cfg.keep_checkpoints)
+        def save() -> str:
+            state = {"step": step, "loss": loss.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(),
+                     "config": OmegaConf.to_container(cfg, resolve=True), "online_counters": dict(online)}
+            if len(buffer) > num_offline:
+                state["online_data"] = buffer[num_offline : len(buffer)].to_dict()
+            saved["path"] = save_checkpoint(ckpt_dir, step, state, keep=cfg.keep_checkpoints)
+            saved["step"] = step
+            return saved["path"]
 
-    def run_eval() -> dict:
-        result = evaluate(policy, eval_env, cfg.eval_episodes, seed=cfg.seed, progress=False)
-        return {"success_rate": result["success_rate"], "return_mean": result["return_mean"],
-                "length_mean": result["length_mean"], "step": step}
+        def run_eval() -> dict:
+            result = evaluate(policy, eval_env, cfg.eval_episodes, seed=cfg.seed, progress=False)
+            return {"success_rate": result["success_rate"], "return_mean": result["return_mean"],
+                    "length_mean": result["length_mean"], "step": step}
 
-    def maybe_log_eval_save(out):
-        nonlocal last_eval
-        if step % cfg.log_interval == 0 or step == total:
-            values = {f"train/{k}": v.item() for k, v in out.items()}
-            metrics.log(values, step)
-            bar.set_postfix({k: f"{out[k].item():.3g}" for k in ("loss_critic", "loss_flow", "divergence", "alpha")})
-        if step % cfg.eval_interval == 0 or step == total:
+        def maybe_log_eval_save(out):
+            nonlocal last_eval
+            if step % cfg.log_interval == 0 or step == total:
+                values = {f"train/{k}": v.item() for k, v in out.items()}
+                metrics.log(values, step)
+                bar.set_postfix({k: f"{out[k].item():.3g}" for k in ("loss_qvalue", "loss_flow", "divergence", "alpha", "distill")
+                                 if k in out.keys()})
+            if step % cfg.eval_interval == 0 or step == total:
+                last_eval = run_eval()
+                metrics.log({f"eval/{k}": last_eval[k] for k in ("success_rate", "return_mean", "length_mean")}, step)
+                tqdm.write(f"step {step}: success rate {100 * last_eval['success_rate']:.1f}% over {cfg.eval_episodes} episodes")
+            if step % cfg.save_interval == 0 or step == total:
+                save()
+
+        bar = tqdm(total=total, initial=step, desc=f"{cfg.agent.name} {cfg.dataset}", disable=not cfg.progress, dynamic_ncols=True)
+        start = time.perf_counter()
+
+        with GracefulStop() as stop:  # Ctrl-C / SIGTERM / SIGUSR1: finish the update, save, stop
+            # Offline: gradient steps on the buffer.
+            while step < cfg.offline_steps and not stop.requested:
+                out = update(buffer.sample().to(device))
+                step += 1
+                bar.update(1)
+                maybe_log_eval_save(out)
+
+            # Online: one env step (collector → buffer) then one update, until the budget is spent.
+            if step < total and not stop.requested:
+                from torchrl.collectors import Collector
+
+                loss.freeze_flow = cfg.online.freeze_flow
+                env = make_ogbench_env(cfg.dataset, seed=cfg.seed + 1)
+                # The policy is stateless: no InitTracker/primer transforms to register on the env.
+                collector = Collector(env, policy, frames_per_batch=1, total_frames=total - step, device=device,
+                                      auto_register_policy_transforms=False)
+                keys = list(data.keys(True, True))
+                for batch in collector:
+                    batch = batch.reshape(-1)
+                    ended = batch["next", "done"].squeeze(-1)
+                    online["episodes"] += int(ended.sum())
+                    online["successes"] += int((batch["next", "success"].squeeze(-1) & ended).sum())
+                    buffer.extend(batch.select(*keys).to("cpu"))
+                    out = update(buffer.sample().to(device))
+                    step += 1
+                    bar.update(1)
+                    if step % cfg.log_interval == 0:
+                        metrics.log({"online/buffer_size": len(buffer), "online/episodes": online["episodes"],
+                                     "online/episode_success_rate": online["successes"] / max(online["episodes"], 1)}, step)
+                    maybe_log_eval_save(out)
+                    if stop.requested:
+                        break
+                collector.shutdown()
+            bar.close()
+            if stop.requested:
+                path = saved["path"] if saved["step"] == step else save()
+                log.warning("%s: stopped at step %d; checkpoint %s", stop.name, step, path)
+                raise TrainingStopped(stop.name, stop.exit_code, step, path)
+
+        if not last_eval:  # resumed a finished run: report its policy once more
             last_eval = run_eval()
-            metrics.log({f"eval/{k}": last_eval[k] for k in ("success_rate", "return_mean", "length_mean")}, step)
-            tqdm.write(f"step {step}: success rate {100 * last_eval['success_rate']:.1f}% over {cfg.eval_episodes} episodes")
-        if step % cfg.save_interval == 0 or step == total:
-            save()
-
-    bar = tqdm(total=total, initial=step, desc=f"{cfg.agent.name} {cfg.dataset}", disable=not cfg.progress, dynamic_ncols=True)
-    start = time.perf_counter()
-
-    # Offline: gradient steps on the buffer.
-    while step < cfg.offline_steps:
-        out = update(buffer.sample().to(device))
-        step += 1
-        bar.update(1)
-        maybe_log_eval_save(out)
-
-    # Online: one env step (collector → buffer) then one update, until the budget is spent.
-    if step < total:
-        from torchrl.collectors import Collector
-
-        loss.freeze_flow = cfg.online.freeze_flow
-        env = make_ogbench_env(cfg.dataset, seed=cfg.seed + 1)
-        # The policy is stateless: no InitTracker/primer transforms to register on the env.
-        collector = Collector(env, policy, frames_per_batch=1, total_frames=total - step, device=device,
-                              auto_register_policy_transforms=False)
-        keys = list(data.keys(True, True))
-        episodes = successes = 0
-        for batch in collector:
-            batch = batch.reshape(-1)
-            ended = batch["next", "done"].squeeze(-1)
-            episodes += int(ended.sum())
-            successes += int((batch["next", "success"].squeeze(-1) & ended).sum())
-            buffer.extend(batch.select(*keys).to("cpu"))
-            out = update(buffer.sample().to(device))
-            step += 1
-            bar.update(1)
-            if step % cfg.log_interval == 0:
-                metrics.log({"online/buffer_size": len(buffer), "online/episodes": episodes,
-                             "online/episode_success_rate": successes / max(episodes, 1)}, step)
-            maybe_log_eval_save(out)
-        collector.shutdown()
-    bar.close()
-
-    if not last_eval:  # resumed a finished run: report its policy once more
-        last_eval = run_eval()
-    eval_env.close()
-    elapsed = time.perf_counter() - start
-    png = plot_run(run_dir, target_divergence=cfg.agent.target_divergence if cfg.agent.refine else None)
-    print(
-        f"[deflow_trl] {cfg.agent.name} on {cfg.dataset}: success rate "
-        f"{100 * last_eval.get('success_rate', math.nan):.1f}% at step {step} "
-        f"({elapsed:.0f} s this session). Curve: {png}"
-    )
-    return last_eval
+        elapsed = time.perf_counter() - start
+        png = plot_run(run_dir, target_divergence=cfg.agent.get("target_divergence")
+                       if cfg.agent.get("kind", "deflow") == "deflow" and cfg.agent.get("refine", True) else None)
+        print(
+            f"[deflow_trl] {cfg.agent.name} on {cfg.dataset}: success rate "
+            f"{100 * last_eval.get('success_rate', math.nan):.1f}% at step {step} "
+            f"({elapsed:.0f} s this session). Curve: {png}"
+        )
+        return last_eval
+    except BaseException as err:
+        if not recorded and lock.created and set(os.listdir(run_dir)) <= {".lock"}:
+            os.unlink(lock.path)  # a refused launch in a fresh directory leaves nothing behind
+        line = one_line(err) if isinstance(err, Exception) else None
+        if file_log is not None and line:
+            file_log.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, line, None, None))
+        raise
+    finally:
+        if file_log is not None:
+            logging.getLogger().removeHandler(file_log)
+            file_log.close()
+        if recorded and cfg.data.storage == "memmap":
+            shutil.rmtree(scratch, ignore_errors=True)  # scratch only; rebuilt at the next start
 
 
 class FlowBCUpdate:
@@ -308,20 +356,70 @@ class FlowBCUpdate:
         flow, _ = self.loss.flow_loss(batch)
         flow.backward()
         self.optimizer.step()
-        return TensorDict({"loss_flow": flow.detach(), "loss_critic": torch.tensor(math.nan),
+        return TensorDict({"loss_flow": flow.detach(), "loss_qvalue": torch.tensor(math.nan),
                            "divergence": torch.tensor(math.nan), "alpha": torch.tensor(math.nan)}, [])
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+# Jobs of a -m sweep that failed with a known error: (run dir, one-line reason). Such a job raises
+# JobFailed, not SystemExit: SystemExit would escape Hydra's launcher and stop the sweep, while an
+# Exception marks only this job FAILED (every launcher runs the others); at the end Hydra's sweeper
+# re-raises the first one, which Hydra prints as one line (a CompactHydraException) and exits 1.
+# With the basic (in-process) launcher, `cli` then lists every failed job.
+FAILED_JOBS: list[tuple[str, str]] = []
+
+
+class JobFailed(CompactHydraException):
+    """A sweep job that failed with a known error (its one line is already printed)."""
+
+
+def resume_command(run_dir: str) -> str:
+    """The command that resumes the run in ``run_dir`` (this job's overrides plus its directory)."""
     from hydra.core.hydra_config import HydraConfig
 
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    args = [a for a in overrides if not a.startswith("hydra.run.dir=")] + [f"hydra.run.dir={run_dir}"]
+    return " ".join(["python -m deflow_trl.train", *map(shlex.quote, args)])
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
+def main(cfg: DictConfig):
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    run_dir = hydra_cfg.runtime.output_dir
     try:
-        run(cfg, HydraConfig.get().runtime.output_dir)
-    except (ConfigError, FileNotFoundError) as err:
-        log.error("%s", err)  # once, to the console and the run's train.log
+        return run(cfg, run_dir)
+    except TrainingStopped as stopped:  # also ends a sweep: the user or the scheduler asked to stop
+        sys.stderr.write(f"[deflow_trl] {stopped.signal_name}: stopped at step {stopped.step}, checkpoint saved; "
+                         f"resume with: {resume_command(run_dir)}\n")
+        raise SystemExit(stopped.exit_code) from None
+    except KeyboardInterrupt:  # Ctrl-C before training started: nothing to save
+        sys.stderr.write("[deflow_trl] interrupted before training started (nothing to resume)\n")
+        raise SystemExit(130) from None
+    except Exception as err:
+        line = one_line(err)
+        if line is None or debug_requested(cfg):
+            raise  # a bug, or debug=true / DEFLOW_DEBUG=1: the full traceback
+        if os.path.isdir(run_dir) and not os.listdir(run_dir):
+            os.rmdir(run_dir)  # Hydra made it for this refused launch
+        sys.stderr.write(f"[deflow_trl] error: {line}\n")
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            FAILED_JOBS.append((run_dir, line))
+            raise JobFailed(f"[deflow_trl] the sweep had failed jobs; the first: {run_dir}: {line}") from None
         raise SystemExit(2) from None
 
 
+def cli() -> None:
+    """``python -m deflow_trl.train``: Hydra's app; after a sweep, the list of its failed jobs (exit 1)."""
+    try:
+        main()
+    finally:
+        if FAILED_JOBS:
+            sys.stderr.write(f"[deflow_trl] {len(FAILED_JOBS)} job(s) of the sweep failed:\n")
+            for run_dir, line in FAILED_JOBS:
+                sys.stderr.write(f"  {run_dir}: {line}\n")
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -31,7 +31,7 @@ def test_run_writes_metrics_checkpoints_and_plot(tiny_ogbench_dir, tmp_path):
     assert 0.0 <= result["success_rate"] <= 1.0 and result["step"] == 12
     steps, _ = read_scalar(str(tmp_path), "eval/success_rate")
     assert steps.tolist() == [6, 12]
-    steps, values = read_scalar(str(tmp_path), "train/loss_critic")
+    steps, values = read_scalar(str(tmp_path), "train/loss_qvalue")
     assert steps.tolist() == [3, 6, 9, 12] and torch.isfinite(torch.tensor(values)).all()
     ckpts = sorted(os.listdir(tmp_path / "checkpoints"))
     assert ckpts == ["ckpt_000000008.pt", "ckpt_000000012.pt"]  # keep the last K=2
@@ -67,7 +67,7 @@ def test_compiled_update_and_sampler_in_the_app(tiny_ogbench_dir, tmp_path):
                  "compile_update=true", "agent.backend=compile", "agent.hidden_sizes=[8]", "agent.num_flow_steps=2")
     result = run(cfg, str(tmp_path))
     assert result["step"] == 4 and 0 <= result["success_rate"] <= 1
-    steps, values = read_scalar(str(tmp_path), "train/loss_critic")
+    steps, values = read_scalar(str(tmp_path), "train/loss_qvalue")
     assert steps.tolist() == [2, 4] and torch.isfinite(torch.tensor(values)).all()
 
 
@@ -161,7 +161,7 @@ def test_sigkill_at_any_moment_never_corrupts_and_resumes(tiny_ogbench_dir, tmp_
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         state, path = load_latest_checkpoint(ckpt_dir)  # must load (weights_only=True)
-        steps_logged, _ = read_scalar(str(run_dir), "train/loss_critic")
+        steps_logged, _ = read_scalar(str(run_dir), "train/loss_qvalue")
         # At most one save interval (1 step) of work is lost.
         assert steps_logged.max() - state["step"] <= 1
         assert state["step"] >= last_step
@@ -185,7 +185,7 @@ def test_multirun_sweep_and_summarize(tiny_ogbench_dir, tmp_path):
                           "--plot", str(tmp_path / "curves.png")],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "| deflow | cube-single-play-singletask-task1-v0 |" in out.stdout
+    assert "| deflow | cube-single-play-singletask-task2-v0 |" in out.stdout  # the suite's default task
     import json
 
     rows = json.load(open(tmp_path / "s.json"))

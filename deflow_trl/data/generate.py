@@ -16,7 +16,8 @@ module reruns that recipe:
 Episodes have 1001 steps by default (OGBench's ``max_episode_steps``; the loader
 turns each into 1000 transitions). ``--episodes N`` training episodes go to
 ``<name>.npz`` and ``max(1, N // 10)`` more go to ``<name>-val.npz``, with OGBench's
-keys and dtypes: ``observations`` float32, ``actions`` float32, ``terminals`` bool,
+keys and dtypes: ``observations`` float32 (``visual-*``: uint8 frames [N, 64, 64, 3], rendered with
+EGL at ≈ 0.3-0.6 s per frame on a CPU, so only tiny visual sets here), ``actions`` float32, ``terminals`` bool,
 ``qpos``/``qvel`` float32 (the state *before* each action, which single-task
 relabelling reads) and ``button_states`` int64 where the env has buttons.
 
@@ -46,13 +47,16 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import sys
 import tempfile
 import time
 from typing import Any
 
 import numpy as np
 
-from deflow_trl.data.names import parse_ogbench_name
+from deflow_trl.data.names import VISUAL_PREFIX, parse_ogbench_name, suite_of
+from deflow_trl.rundir import check_writable
+from deflow_trl.runlock import FileLock
 
 __all__ = ["generate_dataset", "atomic_savez", "GENERATABLE", "default_dataset_dir", "generate_command"]
 
@@ -73,7 +77,7 @@ def default_dataset_dir() -> str:
 
 def generate_command(file_stem: str, dataset_dir: str | None = None) -> str | None:
     """The exact command that regenerates ``file_stem``, or None if this module cannot."""
-    name = parse_ogbench_name(file_stem)
+    name = parse_ogbench_name(file_stem, pixels=None)
     if (name.suite, name.dataset_type) not in GENERATABLE:
         return None
     cmd = f"python -m deflow_trl.data.generate --env {name.file_stem} --episodes 1000 --workers {os.cpu_count() or 1}"
@@ -157,7 +161,7 @@ def _init_worker(spec: dict) -> None:
 
 def _stack_episode(rows: dict[str, list], has_buttons: bool) -> dict[str, np.ndarray]:
     out = {
-        "observations": np.asarray(rows["observations"], dtype=np.float32),
+        "observations": np.asarray(rows["observations"], dtype=np.uint8 if _STATE["spec"].get("pixels") else np.float32),
         "actions": np.asarray(rows["actions"], dtype=np.float32),
         "terminals": np.zeros(len(rows["actions"]), dtype=bool),
         "qpos": np.asarray(rows["qpos"], dtype=np.float32),
@@ -176,7 +180,7 @@ def _manip_episode(ep_seed: int) -> dict[str, np.ndarray]:
     ob, info = env.reset(seed=ep_seed)
     p_stack = {"single": 0.0, "double": (0.0, 0.25), "triple": (0.05, 0.35), "quadruple": (0.1, 0.5),
                "octuple": (0.0, 0.35)}
-    kind = spec["env_id"].split("-")[1] if spec["suite"] == "cube" else None
+    kind = spec["env_id"].split("-")[-2] if spec["suite"] == "cube" else None  # (visual-)cube-<kind>-v0
     ps = p_stack.get(kind, 0.5)
     ps = float(np.random.uniform(*ps)) if isinstance(ps, tuple) else ps
     has_buttons = hasattr(env.unwrapped, "_cur_button_states")
@@ -194,10 +198,21 @@ def _manip_episode(ep_seed: int) -> dict[str, np.ndarray]:
         rows["actions"].append(action)
         rows["qpos"].append(info["prev_qpos"])
         rows["qvel"].append(info["prev_qvel"])
+        _count_frame()
         if has_buttons:
             rows["button_states"].append(info["prev_button_states"])
         ob = next_ob
     return _stack_episode(rows, has_buttons)
+
+
+def _count_frame() -> None:
+    """Visual datasets count progress in rendered frames (an episode takes minutes): bump the shared counter."""
+    counter = _STATE["spec"].get("frame_counter")
+    if counter is not None:
+        with counter.get_lock():
+            counter.value += 1
+        if "on_frame" in _STATE:  # single process: refresh the bar directly
+            _STATE["on_frame"]()
 
 
 def _scene_is_healthy(qpos: np.ndarray) -> bool:
@@ -250,11 +265,20 @@ def _run_episode(index: int) -> tuple[int, dict[str, np.ndarray]]:
 def _resolve(env: str) -> tuple[str, str]:
     """Accept a dataset name (``cube-single-play-v0``) or an env id (``cube-single-v0``)."""
     splits = env.split("-")
+    if "singletask" in splits:  # checked first: guessing a dataset type would garble the name
+        try:
+            stem = parse_ogbench_name(env, pixels=None).file_stem
+        except ValueError:
+            stem = "-".join(splits[: splits.index("singletask")] + [splits[-1]])
+        raise ValueError(
+            f"{env!r} is a single-task name; generate its base dataset instead: --env {stem} "
+            "(single-task rewards are computed at load time)."
+        )
     if len(splits) >= 3 and splits[-2] in ("play", "noisy", "navigate", "stitch", "explore"):
-        name = parse_ogbench_name(env)
+        name = parse_ogbench_name(env, pixels=None)
     else:
         guess = "navigate" if splits[0].endswith("maze") else "play"
-        name = parse_ogbench_name("-".join(splits[:-1] + [guess, splits[-1]]))
+        name = parse_ogbench_name("-".join(splits[:-1] + [guess, splits[-1]]), pixels=None)
     if name.singletask:
         raise ValueError(
             f"{env!r} is a single-task name; generate its base dataset instead: --env {name.file_stem} "
@@ -296,19 +320,40 @@ def generate_dataset(
         overwrite: replace existing files (otherwise refuse before doing any work).
     """
     file_stem, base_env_id = _resolve(env)
-    if num_episodes < 1 or episode_length < 2 or workers < 1:
-        raise ValueError("need --episodes >= 1, --episode-length >= 2 and --workers >= 1")
+    # Every argument is checked before any episode is generated (a full dataset takes hours).
+    for key, value, low in (("episodes", num_episodes, 1), ("episode-length", episode_length, 2),
+                            ("workers", workers, 1), ("val-episodes", val_episodes, 1)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low):
+            raise ValueError(f"--{key} must be an integer >= {low}, got {value!r}")
     dataset_dir = os.path.expanduser(dataset_dir) if dataset_dir else default_dataset_dir()
+    check_writable(dataset_dir, "dataset directory")
     train_path = os.path.join(dataset_dir, f"{file_stem}.npz")
     val_path = os.path.join(dataset_dir, f"{file_stem}-val.npz")
-    for p in (train_path, val_path):
-        if os.path.exists(p) and not overwrite:
-            raise FileExistsError(f"{p} exists; pass overwrite=True (CLI: --force) to replace it")
+    # One writer per file: a second generator (started later or at the same moment) is refused.
+    with FileLock(os.path.join(dataset_dir, f".{file_stem}.lock"), what=f"dataset {train_path}"):
+        for p in (train_path, val_path):
+            if os.path.exists(p) and not overwrite:
+                raise FileExistsError(f"{p} exists; pass overwrite=True (CLI: --force) to replace it")
+        return _generate(file_stem, base_env_id, num_episodes, train_path, val_path, workers=workers, seed=seed,
+                         episode_length=episode_length, val_episodes=val_episodes, noise=noise,
+                         noise_smoothing=noise_smoothing, progress=progress)
+
+
+def _generate(file_stem, base_env_id, num_episodes, train_path, val_path, *, workers, seed, episode_length,
+              val_episodes, noise, noise_smoothing, progress) -> tuple[str, str]:
     n_val = max(1, num_episodes // 10) if val_episodes is None else val_episodes
-    suite = base_env_id.split("-")[0]
+    suite = suite_of(base_env_id)
+    pixels = base_env_id.startswith(VISUAL_PREFIX)
+    if pixels:  # every step renders a 64x64 frame: needs a headless GL context (EGL)
+        from deflow_trl.pixel_envs import ensure_headless_gl
+
+        ensure_headless_gl()
     spec = dict(
         env_id=base_env_id,
         suite=suite,
+        pixels=pixels,
+        frame_counter=mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn").Value("q", 0)
+        if pixels else None,
         seed=seed,
         episode_length=episode_length,
         noise=(_NAVIGATE_NOISE if suite == "pointmaze" else _PLAY_NOISE) if noise is None else noise,
@@ -319,20 +364,36 @@ def generate_dataset(
 
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc=f"generate {file_stem}", unit="ep", disable=not progress)
+    counter = spec["frame_counter"]
+    bar = tqdm(total=total * episode_length if pixels else total, desc=f"generate {file_stem}",
+               unit="frame" if pixels else "ep", disable=not progress)
+
+    def advance() -> None:  # frames (visual, shared counter; scene redraws can overshoot) or episodes
+        bar.update(min(counter.value, bar.total) - bar.n if pixels else 1)
+
     if workers == 1:
         _init_worker(spec)
+        if pixels:
+            _STATE["on_frame"] = advance
         for i in range(total):
             episodes[i] = _run_episode(i)[1]
-            bar.update()
+            if not pixels:
+                advance()
     else:
         # fork where the OS has it: spawn would re-import deflow_trl (torch, torchrl) in every worker,
         # seconds each; the workers only run MuJoCo and numpy, so no torch state is used after the fork.
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         with ctx.Pool(min(workers, total), initializer=_init_worker, initargs=(spec,)) as pool:
-            for i, ep in pool.imap_unordered(_run_episode, range(total)):
-                episodes[i] = ep
-                bar.update()
+            results, done = pool.imap_unordered(_run_episode, range(total)), 0
+            while done < total:
+                try:  # poll, so a visual run's frame counter refreshes the bar between episodes
+                    i, ep = results.next(timeout=0.5)
+                except mp.TimeoutError:
+                    if pixels:
+                        advance()
+                    continue
+                episodes[i], done = ep, done + 1
+                advance()
     bar.close()
 
     def concat(eps):
@@ -346,7 +407,14 @@ def generate_dataset(
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m deflow_trl.data.generate", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m deflow_trl.data.generate", description=__doc__.split("\n\n")[0],
+        epilog="Pixel datasets (visual-cube-*, visual-scene, visual-puzzle-*): every step renders a 64x64 frame "
+        "with MuJoCo's EGL backend (MUJOCO_GL=egl, set automatically when unset); without a GPU this costs "
+        "about 0.3-0.6 s per frame (a 1001-step episode: 5-10 min), so only tiny visual datasets are practical "
+        "on CPU machines (e.g. --episodes 2 --episode-length 101). Full official visual datasets: download "
+        "them where there is internet. The progress bar counts frames and shows the ETA.",
+    )
     p.add_argument("--env", required=True, help="dataset name (cube-single-play-v0) or env id (cube-single-v0)")
     p.add_argument("--episodes", type=int, default=1000, help="training episodes (OGBench: 1000)")
     p.add_argument("--workers", type=int, default=1, help="worker processes")
@@ -360,11 +428,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     t0 = time.perf_counter()
-    train, val = generate_dataset(
-        a.env, a.episodes, dataset_dir=a.dataset_dir, workers=a.workers, seed=a.seed,
-        episode_length=a.episode_length, val_episodes=a.val_episodes, noise=a.noise,
-        noise_smoothing=a.noise_smoothing, progress=not a.no_progress, overwrite=a.force,
-    )
+    try:
+        train, val = generate_dataset(
+            a.env, a.episodes, dataset_dir=a.dataset_dir, workers=a.workers, seed=a.seed,
+            episode_length=a.episode_length, val_episodes=a.val_episodes, noise=a.noise,
+            noise_smoothing=a.noise_smoothing, progress=not a.no_progress, overwrite=a.force,
+        )
+    except (ValueError, OSError) as err:  # bad arguments, a locked or existing file, disk full: one line
+        from deflow_trl.errors import debug_requested, one_line
+
+        line = one_line(err) or " ".join(str(err).split())
+        if debug_requested():
+            raise
+        sys.stderr.write(f"[deflow_trl.data.generate] error: {line}\n")
+        raise SystemExit(2) from None
     with np.load(train) as f:
         n = len(f["terminals"])
     print(f"wrote {train} ({n} steps) and {val} in {time.perf_counter() - t0:.1f} s")

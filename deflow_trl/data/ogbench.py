@@ -12,7 +12,7 @@ laid out the way TorchRL's offline datasets (D4RL, Minari) lay out theirs:
 key                             shape       meaning
 ==============================  ==========  =====================================================
 ``observation``                 [N, o]      float32
-``action``                      [N, a]      float32, clipped to ±(1 − 1e-5)
+``action``                      [N, a]      float32, in [-1, 1] (±1e-3, else refused), clipped to ±(1 − 1e-5)
 ``("next", "observation")``     [N, o]      float32
 ``("next", "reward")``          [N, 1]      float32, single-task names only (0 on success, < 0 else)
 ``("next", "terminated")``      [N, 1]      bool, ``1 − mask`` (task solved); False without a task
@@ -22,7 +22,8 @@ key                             shape       meaning
 
 Every check happens before any heavy work: an unknown name lists the known ones; a
 missing file names the exact command that regenerates it; a truncated or corrupt
-file, inconsistent shapes or non-finite values raise ``ValueError`` naming the file.
+file, inconsistent shapes, non-finite values or actions outside [-1, 1] raise
+``DatasetError`` (a ``ValueError``) naming the file.
 
 Examples:
     >>> import tempfile
@@ -49,6 +50,7 @@ import torch
 from tensordict import TensorDict
 
 from deflow_trl.data.generate import default_dataset_dir, generate_command
+from deflow_trl.errors import DatasetError
 from deflow_trl.data.names import OGBenchName, parse_ogbench_name
 
 __all__ = [
@@ -62,6 +64,9 @@ __all__ = [
 
 # Flow matching targets actions in the open interval; OGBench's agents clip the same way.
 ACTION_CLIP = 1.0 - 1e-5
+# Actions this close outside [-1, 1] are round-off and get clipped; farther out, the
+# file is refused (a silent clip would pile a rescaled dataset's actions onto the bounds).
+ACTION_TOLERANCE = 1e-3
 
 
 # ----------------------------------------------------------------------------- files
@@ -105,7 +110,17 @@ def _download(name: OGBenchName, dataset_dir: str | None, path: str) -> None:
     try:
         download_datasets([name.file_stem], os.path.expanduser(dataset_dir) if dataset_dir else default_dataset_dir())
     except OSError as err:  # URLError, timeouts, DNS failures
-        raise _missing_error(name, path, dataset_dir) from err
+        import urllib.error
+
+        if not isinstance(err, (urllib.error.URLError, ConnectionError, TimeoutError, socket.timeout, socket.gaierror)):
+            raise  # a local problem (permissions, disk full): reported as itself
+        cmd = generate_command(name.file_stem, dataset_dir if dataset_dir else os.path.dirname(path))
+        reason = getattr(err, "reason", None) or err
+        raise ConnectionError(
+            f"downloading the OGBench dataset {name.file_stem!r} failed ({type(err).__name__}: {reason}); "
+            "download=True needs internet"
+            + (f"; without it, generate the data locally: {cmd}" if cmd else "")
+        ) from err
     finally:
         socket.setdefaulttimeout(previous)
 
@@ -126,7 +141,7 @@ def _npz_headers(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
                     shape, _, dtype = reader(f)
                 headers[info.filename[:-4]] = (shape, dtype)
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
-        raise ValueError(f"{path}: not a readable .npz file (truncated or corrupt): {err}") from err
+        raise DatasetError(f"{path}: not a readable .npz file (truncated or corrupt): {err}") from err
     return headers
 
 
@@ -140,22 +155,22 @@ def _check_file(path: str, name: OGBenchName) -> None:
             required.append("button_states")
     missing = [k for k in required if k not in headers]
     if missing:
-        raise ValueError(f"{path}: missing arrays {missing} (has {sorted(headers)}); not an OGBench dataset file")
+        raise DatasetError(f"{path}: missing arrays {missing} (has {sorted(headers)}); not an OGBench dataset file")
     n = headers["terminals"][0]
     if len(n) != 1 or n[0] < 2:
-        raise ValueError(f"{path}: 'terminals' must have shape [N] with N >= 2, got {n}")
+        raise DatasetError(f"{path}: 'terminals' must have shape [N] with N >= 2, got {n}")
     n = n[0]
     for k in required:
         shape = headers[k][0]
         if k != "terminals" and (len(shape) != 2 or shape[0] != n):
-            raise ValueError(f"{path}: {k!r} has shape {shape}, expected [{n}, dim] to match 'terminals' [{n}]")
+            raise DatasetError(f"{path}: {k!r} has shape {shape}, expected [{n}, dim] to match 'terminals' [{n}]")
     try:
         with np.load(path) as f:
             terminals = f["terminals"]
     except Exception as err:  # zlib/CRC errors in a damaged member
-        raise ValueError(f"{path}: cannot read 'terminals' (corrupt file): {err}") from err
+        raise DatasetError(f"{path}: cannot read 'terminals' (corrupt file): {err}") from err
     if not terminals[-1]:
-        raise ValueError(f"{path}: the last step is not a trajectory end (terminals[-1] == 0); file truncated?")
+        raise DatasetError(f"{path}: the last step is not a trajectory end (terminals[-1] == 0); file truncated?")
 
 
 def _check_finite(path: str, arrays: dict[str, np.ndarray]) -> None:
@@ -164,10 +179,28 @@ def _check_finite(path: str, arrays: dict[str, np.ndarray]) -> None:
             bad = ~np.isfinite(v)
             if bad.any():
                 rows = np.unique(np.nonzero(bad)[0])
-                raise ValueError(f"{path}: {int(bad.sum())} non-finite values (NaN/inf) in {k!r}, rows {rows[:5].tolist()}...")
+                raise DatasetError(f"{path}: {int(bad.sum())} non-finite values (NaN/inf) in {k!r}, rows {rows[:5].tolist()}...")
 
 
 # ----------------------------------------------------------------------------- loading
+def checked_actions(path: str, actions: np.ndarray) -> np.ndarray:
+    """``actions`` clipped to ±ACTION_CLIP, after checking they lie in [-1, 1] up to ``ACTION_TOLERANCE``.
+
+    Raises :class:`~deflow_trl.errors.DatasetError` naming the fraction out of range and the fix.
+    """
+    outside = np.abs(actions) > 1.0 + ACTION_TOLERANCE
+    if outside.any():
+        frac = float(outside.mean())
+        worst = float(np.abs(actions).max())
+        raise DatasetError(
+            f"{path}: {100 * frac:.3g}% of action values lie outside [-1, 1] (max |a| = {worst:.4g}); "
+            "the policy and the env act in [-1, 1]: rescale the dataset's actions into [-1, 1] "
+            f"(e.g. divide by {worst:.4g} if the scale is symmetric) and rewrite the file; "
+            f"values within {ACTION_TOLERANCE:g} of the bounds are clipped, farther ones are refused"
+        )
+    return np.clip(actions, -ACTION_CLIP, ACTION_CLIP)
+
+
 def load_ogbench_dataset(
     name: str,
     dataset_dir: str | None = None,
@@ -203,7 +236,7 @@ def load_ogbench_dataset(
     try:
         data = load_dataset(path, add_info=parsed.singletask)
     except Exception as err:
-        raise ValueError(f"{path}: failed to decode (corrupt file?): {err}") from err
+        raise DatasetError(f"{path}: failed to decode (corrupt file?): {err}") from err
     _check_finite(path, {k: data[k] for k in ("observations", "actions", "next_observations", "qpos") if k in data})
 
     n = len(data["observations"])
@@ -216,7 +249,7 @@ def load_ogbench_dataset(
     else:
         nxt["terminated"] = torch.zeros(n, 1, dtype=torch.bool)
     nxt["done"] = nxt["terminated"] | truncated
-    actions = np.clip(data["actions"], -ACTION_CLIP, ACTION_CLIP)
+    actions = checked_actions(path, data["actions"])
     return TensorDict(
         {"observation": torch.as_tensor(data["observations"]), "action": torch.as_tensor(actions), "next": nxt},
         batch_size=[n],

@@ -1,0 +1,266 @@
+"""The training app's config: typed schema plus the value checks, all before any work.
+
+:func:`validate_config` is the first thing :func:`deflow_trl.train.run` does. It
+
+1. types every known field with OmegaConf structured configs (the dataclasses
+   below): ``batch_size='256'`` becomes 256, ``offline_steps=1.5``, ``seed=abc``
+   or ``agent.lr=fast`` are refused naming the key; unknown keys are kept as
+   they are (agents such as ``configs/agent/fql.yaml`` add their own fields, and
+   a known field missing from a config is not added);
+2. checks values and cross-field rules that types cannot say
+   (:func:`check_config`): ranges, names of samplers/backends/storages/devices,
+   logger packages importable.
+
+Every problem is a :class:`~deflow_trl.errors.ConfigError` with one line naming
+the key, the value and what is expected. The schema is applied inside the app,
+not as Hydra's primary config, so ``configs/*.yaml`` compose exactly as before.
+
+Examples:
+    >>> from omegaconf import OmegaConf
+    >>> cfg = OmegaConf.create({"seed": "3", "batch_size": 8})
+    >>> typed_config(cfg).seed
+    3
+    >>> try:
+    ...     typed_config(OmegaConf.create({"offline_steps": 1.5}))
+    ... except ConfigError as err:
+    ...     print(err)
+    offline_steps: Value '1.5' of type 'float' could not be converted to Integer
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from deflow_trl.errors import ConfigError
+
+__all__ = ["validate_config", "typed_config", "check_config", "resolve_device", "TrainSchema"]
+
+
+# ----------------------------------------------------------------------------- schema (types only)
+@dataclass
+class AgentSchema:
+    """Known agent fields (``configs/agent/*.yaml``); other agents may add more."""
+
+    name: str = "deflow"
+    hidden_sizes: List[int] = field(default_factory=lambda: [512, 512, 512, 512])
+    num_critics: int = 2
+    num_flow_steps: int = 10
+    solver: str = "euler"
+    discount: float = 0.99
+    target_divergence: float = 1e-3
+    q_agg: str = "mean"
+    normalize_q_loss: bool = True
+    init_log_alpha: float = 1.0
+    lr: float = 3e-4
+    tau: float = 0.005
+    refine: bool = True
+    sampling: str = "plain"
+    num_samples: int = 10
+    refine_iterations: int = 5
+    backend: str = "auto"
+    bf16_solves: bool = False
+
+
+@dataclass
+class EnvSchema:
+    name: str = "cube-single-play"
+    default_task: int = 2
+    target_divergence: float = 1e-3
+    discount: float = 0.99
+    q_agg: str = "mean"
+
+
+@dataclass
+class DataSchema:
+    dataset_dir: Optional[str] = None
+    storage: str = "ram"
+    download: bool = False
+    generate_if_missing: bool = False
+    generate_episodes: int = 1000
+    generate_workers: int = 2
+
+
+@dataclass
+class LoggerSchema:
+    backend: str = "csv"
+    project: str = "deflow_trl"
+
+
+@dataclass
+class OnlineSchema:
+    freeze_flow: bool = False
+
+
+@dataclass
+class TrainSchema:
+    env: EnvSchema = field(default_factory=EnvSchema)
+    agent: AgentSchema = field(default_factory=AgentSchema)
+    logger: LoggerSchema = field(default_factory=LoggerSchema)
+    data: DataSchema = field(default_factory=DataSchema)
+    online: OnlineSchema = field(default_factory=OnlineSchema)
+    seed: int = 0
+    task: int = 2
+    dataset: str = ""
+    offline_steps: int = 1_000_000
+    online_steps: int = 0
+    batch_size: int = 256
+    eval_interval: int = 100_000
+    eval_episodes: int = 50
+    log_interval: int = 5000
+    save_interval: int = 50_000
+    keep_checkpoints: int = 3
+    resume: Any = "auto"
+    overwrite: bool = False
+    device: str = "cpu"
+    compile_update: bool = True
+    progress: bool = True
+    debug: bool = False
+
+
+def _prune(typed: Any, given: Any) -> Any:
+    """``typed`` restricted to the keys present in ``given`` (the schema adds no fields)."""
+    if isinstance(typed, dict) and isinstance(given, dict):
+        return {k: _prune(typed[k], v) for k, v in given.items()}
+    return typed
+
+
+def _open(node: DictConfig) -> None:
+    """Turns off the struct flag of ``node`` and every nested structured node."""
+    OmegaConf.set_struct(node, False)
+    for key in node:
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            _open(child)
+
+
+def typed_config(cfg: DictConfig) -> DictConfig:
+    """``cfg`` resolved and typed by :class:`TrainSchema`; ``ConfigError`` naming the first bad key."""
+    try:
+        given = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"cannot resolve the config: {str(err).splitlines()[0]}") from None
+    schema = OmegaConf.structured(TrainSchema)
+    _open(schema)  # unknown keys (new agents' or suites' fields) pass through untyped
+    try:
+        merged = OmegaConf.merge(schema, given)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None)
+        msg = str(err).splitlines()[0]
+        raise ConfigError(f"{key}: {msg}" if key else msg) from None
+    return OmegaConf.create(_prune(OmegaConf.to_container(merged), given))
+
+
+# ----------------------------------------------------------------------------- values
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → cuda if available else cpu; refuses unknown names and absent devices."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:<index>, got {name!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={name} but CUDA is not available (use device=cpu or device=auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device={name} but only {torch.cuda.device_count()} CUDA device(s) exist")
+    elif device.type != "cpu":
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:<index>, got {name!r}")
+    return device
+
+
+_LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
+
+
+def _check_agent(a: DictConfig) -> None:
+    """Checks of the known agent fields that are present (another agent may lack some)."""
+    from deflow_trl.actor import SAMPLING_MODES
+    from deflow_trl.backends import BACKENDS
+    from deflow_trl.sampler import check_solver
+
+    if "hidden_sizes" in a:
+        sizes = list(a.hidden_sizes)
+        if not sizes or any(h < 1 for h in sizes):
+            raise ConfigError(f"agent.hidden_sizes must be a non-empty list of widths >= 1, got {sizes}")
+    for key in ("num_critics", "num_samples", "refine_iterations"):
+        if key in a and a[key] < 1:
+            raise ConfigError(f"agent.{key} must be >= 1, got {a[key]}")
+    if "target_divergence" in a and not a.target_divergence > 0:
+        raise ConfigError(f"agent.target_divergence (δ) must be > 0, got {a.target_divergence}")
+    if "discount" in a and not 0 <= a.discount <= 1:
+        raise ConfigError(f"agent.discount must be in [0, 1], got {a.discount}")
+    if "q_agg" in a and a.q_agg not in ("mean", "min"):
+        raise ConfigError(f"agent.q_agg must be 'mean' or 'min', got {a.q_agg!r}")
+    if "solver" in a or "num_flow_steps" in a:
+        try:
+            check_solver(a.get("solver", "euler"), a.get("num_flow_steps", 10))
+        except ValueError as err:
+            raise ConfigError(f"agent: {err}") from None
+    if "lr" in a and not a.lr > 0:
+        raise ConfigError(f"agent.lr must be > 0, got {a.lr}")
+    if "tau" in a and not 0 < a.tau <= 1:
+        raise ConfigError(f"agent.tau must be in (0, 1], got {a.tau}")
+    if "init_log_alpha" in a and not math.isfinite(a.init_log_alpha):
+        raise ConfigError(f"agent.init_log_alpha must be finite, got {a.init_log_alpha}")
+    if "sampling" in a:
+        if a.sampling not in SAMPLING_MODES:
+            raise ConfigError(f"agent.sampling must be one of {', '.join(SAMPLING_MODES)}, got {a.sampling!r}")
+        if a.get("refine", True) is False and a.sampling != "plain":
+            raise ConfigError(f"agent.refine=false (flow BC) acts with sampling=plain only, got {a.sampling!r}")
+    if "backend" in a and a.backend not in BACKENDS:
+        raise ConfigError(f"agent.backend must be one of {', '.join(BACKENDS)}, got {a.backend!r}")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Every check that needs no data: one clear error per problem (``cfg`` already typed)."""
+    from deflow_trl.data import parse_ogbench_name
+
+    _check_agent(cfg.agent)
+    if not 0 <= cfg.seed < 2**31:
+        raise ConfigError(f"seed must be in [0, 2**31), got {cfg.seed}")
+    if cfg.eval_episodes < 1:
+        raise ConfigError(f"eval_episodes must be >= 1, got {cfg.eval_episodes}")
+    for key in ("batch_size", "eval_interval", "log_interval", "save_interval", "keep_checkpoints"):
+        if cfg[key] < 1:
+            raise ConfigError(f"{key} must be >= 1, got {cfg[key]}")
+    if cfg.offline_steps < 0 or cfg.online_steps < 0 or cfg.offline_steps + cfg.online_steps < 1:
+        raise ConfigError(
+            f"offline_steps and online_steps must be >= 0 and not both 0, got {cfg.offline_steps} and {cfg.online_steps}")
+    if cfg.resume not in ("auto", True, False):
+        raise ConfigError(f"resume must be auto, true or false, got {cfg.resume!r}")
+    if cfg.get("overwrite", False) and cfg.resume is True:
+        raise ConfigError("overwrite=true starts the run afresh and resume=true requires a checkpoint: pick one")
+    if cfg.task not in (1, 2, 3, 4, 5):
+        raise ConfigError(f"task must be one of 1..5 (OGBench single-task ids), got {cfg.task!r}")
+    try:
+        parse_ogbench_name(cfg.dataset)
+    except ValueError as err:
+        raise ConfigError(f"unknown env/dataset {cfg.dataset!r}: {err}") from None
+    d = cfg.data
+    if d.storage not in ("ram", "memmap"):
+        raise ConfigError(f"data.storage must be ram or memmap, got {d.storage!r}")
+    if d.generate_episodes < 1 or d.generate_workers < 1:
+        raise ConfigError(
+            f"data.generate_episodes and data.generate_workers must be >= 1, got {d.generate_episodes}, {d.generate_workers}")
+    backend = cfg.logger.backend
+    if backend not in ("csv", "tensorboard", "wandb"):
+        raise ConfigError(f"logger.backend must be csv, tensorboard or wandb, got {backend!r}")
+    package = _LOGGER_PACKAGES.get(backend)
+    if package and importlib.util.find_spec(package) is None:
+        raise ConfigError(
+            f"logger={backend} needs the {package} package, which is not installed: "
+            f"pip install torch==2.13.0 {package}  (or use logger=csv)")
+    resolve_device(cfg.device)
+
+
+def validate_config(cfg: DictConfig) -> DictConfig:
+    """Types then values (see the module docstring); returns the typed, resolved config."""
+    typed = typed_config(cfg)
+    check_config(typed)
+    return typed

@@ -1,0 +1,162 @@
+"""A run directory's record: what is checked before it is touched, and how it is written.
+
+A run directory holds the run's record — ``.hydra/config.yaml`` (what ran),
+``metrics/scalars/*.csv``, ``checkpoints/``, ``train.log``, ``learning_curve.png``
+— and a ``.lock`` file (:mod:`deflow_trl.runlock`). The app keeps three promises:
+
+- **A refused launch changes nothing.** Hydra would write ``.hydra/`` and open
+  ``train.log`` before the app runs; ``configs/train.yaml`` turns both off
+  (``hydra.output_subdir: null``, console-only job logging) and the app writes
+  them itself (:func:`write_record`) only after every check passed: config,
+  lock, resume compatibility, data, checkpoint loading.
+- **Two runs' metrics never merge.** A directory with metrics but no checkpoint
+  (an earlier run stopped before its first save) is refused unless
+  ``overwrite=true``, which clears the earlier record first; ``resume=false``
+  refuses a directory with checkpoints *or* metrics.
+- **Metrics match the checkpoint resumed from.** Rows logged after that
+  checkpoint (by a run killed between a log and the next save) are dropped, so a
+  resumed run logs each step once.
+
+Examples:
+    >>> import os, tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> os.makedirs(f"{d}/metrics/scalars")
+    >>> _ = open(f"{d}/metrics/scalars/x.csv", "w").write("1,0.5\\n2,0.25\\n3,0.125\\n")
+    >>> truncate_metrics(d, 2)
+    >>> open(f"{d}/metrics/scalars/x.csv").read()
+    '1,0.5\\n2,0.25\\n'
+"""
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+
+from omegaconf import DictConfig, OmegaConf
+
+from deflow_trl.errors import ConfigError
+
+__all__ = ["check_writable", "has_metrics", "check_resume", "clear_record", "write_record", "truncate_metrics",
+           "RECORD"]
+
+# What overwrite=true clears (the lock file stays: another process may be about to lock it).
+RECORD = (".hydra", "metrics", "checkpoints", "buffer", "tb", "wandb", "train.log", "learning_curve.png")
+# Settings a checkpoint must have been trained with to be resumed (besides data.dataset_dir).
+RESUME_KEYS = ("agent", "dataset", "seed", "batch_size")
+
+
+def check_writable(path: str, what: str) -> None:
+    """``path`` (a directory, possibly not yet existing) can be created and written; nothing is created."""
+    path = os.path.abspath(os.path.expanduser(path))
+    probe = path
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        raise ConfigError(f"{what} {path} cannot be created: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {path} is not writable ({probe} does not allow writing)")
+
+
+def has_metrics(run_dir: str) -> bool:
+    """Whether ``run_dir`` holds any non-empty metrics CSV."""
+    return any(os.path.getsize(p) > 0 for p in glob.glob(os.path.join(run_dir, "metrics", "scalars", "**", "*.csv"),
+                                                           recursive=True))
+
+
+def _dataset_dir(cfg: dict) -> str | None:
+    from deflow_trl.data.generate import default_dataset_dir
+
+    d = (cfg.get("data") or {}).get("dataset_dir", "missing")
+    if d == "missing":
+        return None  # a checkpoint from before the key was compared
+    return os.path.abspath(os.path.expanduser(d)) if d else default_dataset_dir()
+
+
+def check_resume(cfg: DictConfig, run_dir: str, found: tuple[dict, str] | None) -> bool:
+    """Whether this command may use ``run_dir`` given its newest valid checkpoint ``found``.
+
+    Returns True when the run resumes from ``found``; raises ``ConfigError`` naming the
+    problem otherwise. Nothing is written.
+    """
+    overwrite = bool(cfg.get("overwrite", False))
+    if overwrite:
+        return False
+    metrics = has_metrics(run_dir)
+    if cfg.resume is False and (found is not None or metrics):
+        what = "checkpoints" if found is not None else "metrics"
+        raise ConfigError(f"{run_dir} already holds {what}; pass resume=auto to continue it, overwrite=true to "
+                          "start it afresh, or use another hydra.run.dir")
+    if found is None:
+        if cfg.resume is True:
+            raise ConfigError(f"resume=true but {os.path.join(run_dir, 'checkpoints')} holds no checkpoint")
+        if metrics:
+            raise ConfigError(
+                f"{run_dir} holds metrics of an earlier run that stopped before its first checkpoint; "
+                "pass overwrite=true to replace them, or use another hydra.run.dir")
+        return False
+    state, path = found
+    saved = state.get("config", {})
+    now = OmegaConf.to_container(cfg, resolve=True)
+    changed = [k for k in RESUME_KEYS if k in saved and k in now and saved[k] != now[k]]
+    saved_dir, now_dir = _dataset_dir(saved), _dataset_dir(now)
+    if saved_dir is not None and saved_dir != now_dir:
+        changed.append(f"data.dataset_dir ({saved_dir} then, {now_dir} now)")
+    if changed:
+        raise ConfigError(
+            f"{path} was trained with different {', '.join(changed)} than this command; "
+            "resume with the same settings, pass overwrite=true to start afresh, or use another hydra.run.dir"
+        )
+    return True
+
+
+def clear_record(run_dir: str) -> list[str]:
+    """``overwrite=true``: removes the earlier run's record (see :data:`RECORD`); returns what was removed."""
+    removed = []
+    for name in RECORD:
+        path = os.path.join(run_dir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.unlink(path)
+        else:
+            continue
+        removed.append(name)
+    return removed
+
+
+def truncate_metrics(run_dir: str, step: int) -> None:
+    """Drops CSV rows logged after ``step`` (each file rewritten atomically)."""
+    for path in glob.glob(os.path.join(run_dir, "metrics", "scalars", "**", "*.csv"), recursive=True):
+        with open(path) as f:
+            lines = f.readlines()
+        keep = [line for line in lines if _row_step(line) is None or _row_step(line) <= step]
+        if len(keep) != len(lines):
+            tmp = path + ".tmp"
+            with open(tmp, "w") as f:
+                f.writelines(keep)
+            os.replace(tmp, path)
+
+
+def _row_step(line: str) -> float | None:
+    try:
+        return float(line.split(",", 1)[0])
+    except ValueError:
+        return None
+
+
+def write_record(run_dir: str, cfg: DictConfig) -> None:
+    """Writes ``.hydra/`` as Hydra would: ``config.yaml`` (the typed, resolved config that runs)
+    and, under Hydra, ``hydra.yaml`` and ``overrides.yaml``."""
+    out = os.path.join(run_dir, ".hydra")
+    os.makedirs(out, exist_ok=True)
+    OmegaConf.save(cfg, os.path.join(out, "config.yaml"))
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        OmegaConf.save(OmegaConf.create({"hydra": OmegaConf.to_container(hydra_cfg, resolve=False)}),
+                       os.path.join(out, "hydra.yaml"))
+        OmegaConf.save(hydra_cfg.overrides.task, os.path.join(out, "overrides.yaml"))
