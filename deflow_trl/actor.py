@@ -220,7 +220,11 @@ class DeFlowActor(TensorDictModuleBase):
         if obs is None:
             raise KeyError(f"DeFlowActor needs {self.observation_key!r} in the input tensordict")
         noise = tensordict.get(self.noise_key, None) if self.noise_key is not None else None
-        tensordict.set(self.action_key, self.act(obs, noise))
+        # An env on the CPU and a policy on the GPU (TorchRL rollouts, evaluation): compute on the
+        # policy's device, hand the action back on the env's.
+        device = self.velocity.mlp.linears[0].weight.device
+        action = self.act(obs.to(device), None if noise is None else noise.to(device))
+        tensordict.set(self.action_key, action.to(obs.device))
         return tensordict
 
     def _q(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:

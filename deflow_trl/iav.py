@@ -83,6 +83,8 @@ def intrinsic_action_variance(
         raise ValueError(f"{n} observations but {act.shape[0]} actions")
     if not isinstance(k, int) or k < 2:
         raise ValueError(f"k must be an integer >= 2, got {k!r}")
+    if max_queries is not None and (isinstance(max_queries, bool) or not isinstance(max_queries, int) or max_queries < 1):
+        raise ValueError(f"max_queries must be None (every state) or an integer >= 1, got {max_queries!r}")
     if n < k:
         raise ValueError(f"need at least k={k} transitions, got {n}")
     exact = max_queries is None or max_queries >= n

@@ -71,3 +71,10 @@ def test_accepts_tensors():
     assert intrinsic_action_variance(obs, act) == pytest.approx(
         intrinsic_action_variance(obs.numpy(), act.numpy()), rel=1e-6
     )
+
+
+def test_max_queries_must_be_positive():
+    obs, act = torch.randn(20, 3), torch.rand(20, 2)
+    for bad in (0, -5, 2.5):
+        with pytest.raises(ValueError, match="max_queries"):
+            intrinsic_action_variance(obs, act, max_queries=bad)
