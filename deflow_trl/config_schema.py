@@ -239,7 +239,7 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.task not in (1, 2, 3, 4, 5):
         raise ConfigError(f"task must be one of 1..5 (OGBench single-task ids), got {cfg.task!r}")
     try:
-        parse_ogbench_name(cfg.dataset)
+        parse_ogbench_name(cfg.dataset, pixels=bool(cfg.env.get("pixels", False)))
     except ValueError as err:
         raise ConfigError(f"unknown env/dataset {cfg.dataset!r}: {err}") from None
     d = cfg.data

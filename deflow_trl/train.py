@@ -71,10 +71,31 @@ def dataset_header(cfg: DictConfig) -> dict | None:
     from deflow_trl.data import ogbench_dataset_path
     from deflow_trl.data.ogbench import _npz_headers
 
-    path = ogbench_dataset_path(cfg.dataset, cfg.data.dataset_dir, "train")
+    if is_pixels(cfg):
+        from deflow_trl.data.pixels import visual_dataset_path
+
+        path = visual_dataset_path(cfg.dataset, cfg.data.dataset_dir, "train")
+    else:
+        path = ogbench_dataset_path(cfg.dataset, cfg.data.dataset_dir, "train")
     if not os.path.isfile(path):
         return None
     return {k: shape for k, (shape, _) in _npz_headers(path).items()} | {"path": path}
+
+
+def is_pixels(cfg: DictConfig) -> bool:
+    """A visual suite (``configs/env/visual_*.yaml``): frames in, an encoder per network."""
+    return bool(cfg.env.get("pixels", False))
+
+
+def make_eval_env(cfg: DictConfig, seed: int):
+    """The single-task env of ``cfg.dataset`` (frame-stacked pixels for visual suites)."""
+    if is_pixels(cfg):
+        from deflow_trl.pixel_envs import make_pixel_env
+
+        return make_pixel_env(cfg.dataset, seed=seed, frame_stack=cfg.env.frame_stack)
+    from deflow_trl.envs import make_ogbench_env
+
+    return make_ogbench_env(cfg.dataset, seed=seed)
 
 
 def check_data_fits(cfg: DictConfig, env, header: dict | None) -> None:
@@ -89,6 +110,8 @@ def check_data_fits(cfg: DictConfig, env, header: dict | None) -> None:
     env_obs = tuple(env.observation_spec["observation"].shape)
     env_act = tuple(env.action_spec.shape)
     obs, act = tuple(header["observations"][1:]), tuple(header["actions"][1:])
+    if is_pixels(cfg) and len(obs) == 3:  # stored frames are single frames; the env stacks frame_stack of them
+        obs = (*obs[:2], obs[2] * cfg.env.frame_stack)
     if obs != env_obs or act != env_act:
         raise ConfigError(
             f"{path} holds observations {list(obs)} and actions {list(act)} per step, but {cfg.dataset}'s env has "
@@ -153,7 +176,6 @@ def run(cfg: DictConfig, run_dir: str) -> dict:
     ends the loop with a checkpoint and :class:`TrainingStopped`.
     """
     from deflow_trl.data.generate import default_dataset_dir
-    from deflow_trl.envs import make_ogbench_env
 
     cfg = validate_config(cfg)
     check_writable(run_dir, "run directory")
@@ -161,7 +183,9 @@ def run(cfg: DictConfig, run_dir: str) -> dict:
     if header is None and (cfg.data.generate_if_missing or cfg.data.download):
         check_writable(cfg.data.dataset_dir or default_dataset_dir(), "data.dataset_dir")
     device = resolve_device(cfg.device)
-    eval_env = make_ogbench_env(cfg.dataset, seed=cfg.seed)  # built, never stepped, before any work
+    if is_pixels(cfg) and cfg.online_steps > 0:
+        raise ConfigError("online_steps > 0 is not supported for pixel suites yet (the frame-stack buffer cannot grow)")
+    eval_env = make_eval_env(cfg, cfg.seed)  # built, never stepped, before any work
     try:
         check_data_fits(cfg, eval_env, header)
         lock = run_dir_lock(run_dir)
@@ -186,15 +210,21 @@ def _train(cfg: DictConfig, run_dir: str, device: torch.device, eval_env, lock) 
         resuming = check_resume(cfg, run_dir, found)
         torch.manual_seed(cfg.seed)
 
-        # Data: the dataset is the replay buffer's initial content.
-        data = prepare_dataset(cfg)
-        check_data_fits(cfg, eval_env, {"path": cfg.dataset, "observations": tuple(data["observation"].shape),
-                                        "actions": tuple(data["action"].shape)})
-        num_offline = data.shape[0]
-        obs_dim, act_dim = data["observation"].shape[-1], data["action"].shape[-1]
+        # Data: the dataset is the replay buffer's initial content (pixels: a frame-stack buffer, built below).
+        if is_pixels(cfg):
+            data = None
+            obs_shape = tuple(eval_env.observation_spec["observation"].shape)
+            act_dim, num_offline = eval_env.action_spec.shape[-1], 0
+            extra = {"encoder": cfg.env.encoder}
+        else:
+            data = prepare_dataset(cfg)
+            check_data_fits(cfg, eval_env, {"path": cfg.dataset, "observations": tuple(data["observation"].shape),
+                                            "actions": tuple(data["action"].shape)})
+            num_offline = data.shape[0]
+            obs_shape, act_dim, extra = data["observation"].shape[-1], data["action"].shape[-1], {}
 
         # Networks, loss, optimiser, target updates.
-        policy, loss = build_agent(cfg.agent, obs_dim, act_dim, device)
+        policy, loss = build_agent(cfg.agent, obs_shape, act_dim, device, **extra)
         optimizer = torch.optim.Adam(loss.parameters(), lr=cfg.agent.lr)
         target_updater = SoftUpdate(loss, tau=cfg.agent.tau)
         if trains_flow_only(cfg.agent):
@@ -236,10 +266,20 @@ def _train(cfg: DictConfig, run_dir: str, device: torch.device, eval_env, lock) 
         # Room for every online step: nothing is evicted, and the online part is buffer[num_offline:].
         # A memmap buffer is scratch owned by this (locked) run: rebuilt from the data at every start.
         shutil.rmtree(scratch, ignore_errors=True)
-        buffer = replay_buffer_from_transitions(
-            data, cfg.batch_size, capacity=num_offline + cfg.online_steps, storage=cfg.data.storage,
-            scratch_dir=scratch,
-        )
+        if is_pixels(cfg):
+            from deflow_trl.data.pixels import make_pixel_replay_buffer
+
+            buffer = make_pixel_replay_buffer(
+                cfg.dataset, cfg.batch_size, frame_stack=cfg.env.frame_stack, augment_prob=cfg.env.augment_prob,
+                crop_padding=cfg.env.crop_padding, device=device, storage=cfg.data.storage, scratch_dir=scratch,
+                dataset_dir=cfg.data.dataset_dir, download=cfg.data.download,
+            )
+            num_offline = len(buffer)
+        else:
+            buffer = replay_buffer_from_transitions(
+                data, cfg.batch_size, capacity=num_offline + cfg.online_steps, storage=cfg.data.storage,
+                scratch_dir=scratch,
+            )
         if resuming and state.get("online_data") is not None:
             buffer.extend(TensorDict.from_dict(state["online_data"], batch_dims=1))
 
