@@ -48,6 +48,7 @@ from deflow_trl.config_schema import check_config, resolve_device, validate_conf
 from deflow_trl.data import replay_buffer_from_transitions
 from deflow_trl.errors import ConfigError, debug_requested, one_line
 from deflow_trl.agents import build_agent, trains_flow_only
+from deflow_trl.sweep_report import clear_failed, mark_failed, report_failed_jobs
 from deflow_trl.rundir import check_resume, check_writable, clear_record, truncate_metrics, write_record
 from deflow_trl.runlock import run_dir_lock
 from deflow_trl.signals import GracefulStop
@@ -257,6 +258,8 @@ def _train(cfg: DictConfig, run_dir: str, device: torch.device, eval_env, lock) 
             truncate_metrics(run_dir, step)  # rows logged after the checkpoint are logged again below
         recorded = True
         write_record(run_dir, cfg)
+        clear_failed(run_dir)
+        RECORDED_RUN_DIRS.add(run_dir)
         file_log = logging.FileHandler(os.path.join(run_dir, "train.log"))
         file_log.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
         logging.getLogger().addHandler(file_log)
@@ -400,12 +403,13 @@ class FlowBCUpdate:
                            "divergence": torch.tensor(math.nan), "alpha": torch.tensor(math.nan)}, [])
 
 
-# Jobs of a -m sweep that failed with a known error: (run dir, one-line reason). Such a job raises
-# JobFailed, not SystemExit: SystemExit would escape Hydra's launcher and stop the sweep, while an
-# Exception marks only this job FAILED (every launcher runs the others); at the end Hydra's sweeper
-# re-raises the first one, which Hydra prints as one line (a CompactHydraException) and exits 1.
-# With the basic (in-process) launcher, `cli` then lists every failed job.
-FAILED_JOBS: list[tuple[str, str]] = []
+# A job of a -m sweep that fails with a known error writes a FAILED marker in its run directory and
+# raises JobFailed, not SystemExit: SystemExit would escape Hydra's launcher and stop the sweep, while
+# an Exception fails only this job (every launcher runs the others). When the sweep ends, the
+# FailedJobsReport callback (configs/train.yaml) lists the markers in the launching process, whatever
+# launcher ran the jobs (joblib workers, SLURM nodes), and `cli` exits 1; with the basic launcher
+# Hydra also re-raises the first failure as one line.
+RECORDED_RUN_DIRS: set[str] = set()  # run directories whose record this process wrote (may be marked FAILED)
 
 
 class JobFailed(CompactHydraException):
@@ -441,24 +445,26 @@ def main(cfg: DictConfig):
         line = one_line(err)
         if line is None or debug_requested(cfg):
             raise  # a bug, or debug=true / DEFLOW_DEBUG=1: the full traceback
-        if os.path.isdir(run_dir) and not os.listdir(run_dir):
-            os.rmdir(run_dir)  # Hydra made it for this refused launch
+        made_for_this_job = os.path.isdir(run_dir) and not os.listdir(run_dir)
         sys.stderr.write(f"[deflow_trl] error: {line}\n")
         if hydra_cfg.mode == RunMode.MULTIRUN:
-            FAILED_JOBS.append((run_dir, line))
+            if made_for_this_job or run_dir in RECORDED_RUN_DIRS:  # never mark another run's directory
+                mark_failed(run_dir, line)  # read by the sweep's report (any launcher) and by summarize
             raise JobFailed(f"[deflow_trl] the sweep had failed jobs; the first: {run_dir}: {line}") from None
+        if made_for_this_job:
+            os.rmdir(run_dir)  # Hydra made it for this refused launch
         raise SystemExit(2) from None
 
 
 def cli() -> None:
-    """``python -m deflow_trl.train``: Hydra's app; after a sweep, the list of its failed jobs (exit 1)."""
+    """``python -m deflow_trl.train``: Hydra's app; a sweep with failed jobs (listed by
+    :class:`deflow_trl.sweep_report.FailedJobsReport`, any launcher) exits with status 1."""
     try:
         main()
     finally:
-        if FAILED_JOBS:
-            sys.stderr.write(f"[deflow_trl] {len(FAILED_JOBS)} job(s) of the sweep failed:\n")
-            for run_dir, line in FAILED_JOBS:
-                sys.stderr.write(f"  {run_dir}: {line}\n")
+        failed = report_failed_jobs()
+    if failed:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -174,21 +174,3 @@ def test_sigkill_at_any_moment_never_corrupts_and_resumes(tiny_ogbench_dir, tmp_
     assert not [f for f in os.listdir(ckpt_dir) if f.endswith(".tmp")]
 
 
-@pytest.mark.slow
-def test_multirun_sweep_and_summarize(tiny_ogbench_dir, tmp_path):
-    sweep = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "deflow_trl.train", "-m", "seed=0,1", *TINY, f"data.dataset_dir={tiny_ogbench_dir}",
-           "offline_steps=6", "eval_interval=2", "save_interval=6", f"hydra.sweep.dir={sweep}"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = subprocess.run([sys.executable, "-m", "deflow_trl.summarize", str(sweep), "--json", str(tmp_path / "s.json"),
-                          "--plot", str(tmp_path / "curves.png")],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "| deflow | cube-single-play-singletask-task2-v0 |" in out.stdout  # the suite's default task
-    import json
-
-    rows = json.load(open(tmp_path / "s.json"))
-    assert rows[0]["seeds"] == 2 and rows[0]["last_step"] == 6
-    assert all(0 <= s <= 100 for s in rows[0]["per_seed"])
-    assert (tmp_path / "curves.png").stat().st_size > 5_000
