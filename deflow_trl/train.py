@@ -157,11 +157,13 @@ class Metrics:
             self.loggers.append(WandbLogger(exp_name=os.path.basename(run_dir), project=cfg.logger.project, save_dir=run_dir))
         elif cfg.logger.backend != "csv":
             raise ConfigError(f"logger.backend must be csv, tensorboard or wandb, got {cfg.logger.backend!r}")
+        for logger in self.loggers[1:]:  # the CSV run's config is .hydra/config.yaml already
+            logger.log_hparams(cfg)  # W&B / TensorBoard receive the resolved config
 
     def log(self, values: dict, step: int) -> None:
+        values = {name: float(value) for name, value in values.items()}
         for logger in self.loggers:
-            for name, value in values.items():
-                logger.log_scalar(name, float(value), step=step)
+            logger.log_metrics(values, step=step)
 
 
 # ----------------------------------------------------------------------------- the run

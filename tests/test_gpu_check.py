@@ -88,11 +88,13 @@ def test_train_metrics_reader(tmp_path):
 
 @pytest.mark.slow
 def test_dry_run_stages_on_cpu(tmp_path):
-    """The plumbing of the stages at tiny sizes, as subprocesses (≈ 1 min of CPU on 2 cores). The
-    ``tests`` stage is left out: it runs tests/test_backends.py, which CI runs anyway; its own
-    plumbing (pytest's summary parsed) is the same ``run_cmd`` the other stages use."""
+    """The plumbing of the stages at tiny sizes, as subprocesses. Only the two benchmark stages run
+    here (≈ 15 s on 2 cores): ``tests``, ``update`` and ``train`` run what CI runs anyway
+    (tests/test_backends.py, tests/test_update.py's compiled-vs-eager, the app's resume tests) through the
+    same ``run_cmd``; their parsing (pytest summary, train metrics) has fast tests above. The whole dry
+    run: ``python benchmarks/gpu_check.py --dry-run``."""
     out = tmp_path / "gpu_check.json"
-    stages = [s for s in gpu_check.STAGES if s != "tests"]
+    stages = ["sampler", "update_bench"]
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--dry-run",
                            "--stages", ",".join(stages), "--work-dir", str(tmp_path / "work"), "--json", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
@@ -101,10 +103,7 @@ def test_dry_run_stages_on_cpu(tmp_path):
     assert report["dry_run"] and report["passed"]
     assert list(report["stages"]) == stages
     assert all(s["status"] == "passed" for s in report["stages"].values())
-    assert set(report["update_check"]["modes"]) == {"eager", "compiled"}
     assert {(r["backend"], r["batch"]) for r in report["sampler"]["rows"]} == {
         (b, n) for b in ("eager", "eager-bf16") for n in (1, 4)}
     assert "native bf16" in report["sampler"]["cpu"] and "native bf16" in report["update_bench"]["machine"]["cpu"]
-    train = report["train"]
-    assert train["resumed_at"] == 20 and train["last_logged_step"] == 30 and not train["nonfinite"]
     assert "| stage | status |" in proc.stdout and "targets (issue 14)" in proc.stdout
