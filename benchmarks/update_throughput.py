@@ -15,6 +15,7 @@ the change of every loss vs fp32 from the same state and RNG.
     python benchmarks/update_throughput.py --config reference --threads 1
     python benchmarks/update_throughput.py --device cuda --config reference   # + "compiled, no CUDA graphs"
     python benchmarks/update_throughput.py --config reference --fql --no-compile   # DeFlow vs FQL, same run
+    python benchmarks/update_throughput.py --config pixels --pixel-batch 256     # impala_small ×3 on 64×64×9 frames
 
 On CUDA the compiled modes capture the step in a CUDA graph (the
 ``Updater``'s default there); without ``--quick``, ``compiled, no CUDA
@@ -219,15 +220,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per mode (median reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--no-compile", action="store_true", help="eager only")
-    parser.add_argument("--config", choices=sorted(CONFIGS), action="append", default=None,
+    parser.add_argument("--config", choices=sorted([*CONFIGS, "pixels"]), action="append", default=None,
                         help="only these configurations (repeatable; default: all)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     parser.add_argument("--fql", action="store_true",
                         help="also time FQL's update (same critic and flow; distils a one-step policy) in the same run")
     parser.add_argument("--compile-backend", default=None,
                         help="torch.compile backend of the compiled modes (default inductor; 'eager' tests plumbing only)")
+    parser.add_argument("--pixel-batch", type=int, default=BATCH, help="batch of --config pixels (reference 256)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    if args.config and "pixels" in args.config:
+        if args.config != ["pixels"]:
+            parser.error("--config pixels runs on its own (its batch and networks differ)")
+        return pixel_benchmark(args, device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but torch.cuda.is_available() is False")
     compile_options = {"backend": args.compile_backend} if args.compile_backend else None
@@ -314,6 +320,65 @@ def main(argv: Sequence[str] | None = None) -> dict:
     }
     print(f"\nload average before / after: {load_before} / {os.getloadavg()} "
           "(a 2-core machine: timings with load > 2 are contended)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+# -- pixels ----------------------------------------------------------------------------
+PIXEL_SHAPE = (64, 64, 9)  # 3 stacked 64x64 RGB frames, uint8, channels-last (the reference's pixel suites)
+
+
+def make_pixel_batch(batch: int, device="cpu") -> TensorDict:
+    frames = lambda: torch.randint(0, 256, (batch, *PIXEL_SHAPE), dtype=torch.uint8)  # noqa: E731
+    return TensorDict({"observation": frames(), "action": torch.rand(batch, ACT_DIM) * 2 - 1,
+                       "next": {"observation": frames(), "reward": -torch.rand(batch, 1),
+                                "done": torch.zeros(batch, 1, dtype=torch.bool),
+                                "terminated": torch.zeros(batch, 1, dtype=torch.bool)}}, [batch]).to(device)
+
+
+def _peak_memory_mb(device) -> float:
+    """Peak memory so far: CUDA allocator peak, or this process's peak RSS on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def pixel_benchmark(args, device) -> dict:
+    """``--config pixels``: one update with impala_small encoders ×3 and 4×512 heads on
+    ``[B, 64, 64, 9]`` uint8 batches (DESIGN.md §3): eager vs compiled, the peak memory of
+    each mode's first update (CPU: the process's peak RSS growth, so the modes run eager first)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    batch = make_pixel_batch(args.pixel_batch, device)
+    repeats, steps = args.repeats or (2 if args.quick else 3), 1 if device.type == "cpu" else 10
+    modes = [("eager", False)] + ([] if args.no_compile else [("compiled", True)])
+    rows, updaters = [], {}
+    for mode, compile_ in modes:
+        torch.manual_seed(0)
+        _, loss = make_deflow(PIXEL_SHAPE, ACT_DIM, hidden_sizes=CONFIGS["reference"], num_flow_steps=NUM_STEPS,
+                              encoder="impala_small", device=device)
+        optim = torch.optim.Adam(loss.parameters(), lr=3e-4)
+        updaters[mode] = Updater(loss, optim, SoftUpdate(loss, tau=0.005), compile=compile_,
+                                 compile_options={"backend": args.compile_backend} if args.compile_backend else None)
+        before = _peak_memory_mb(device)
+        updaters[mode](batch)  # first call (the compile, if any); measures the update's peak memory
+        rows.append({"mode": mode, "peak_memory_growth_mb": _peak_memory_mb(device) - before})
+    timings = time_modes(updaters, batch, steps, repeats, device)
+    print(f"CPU: {cpu_description()}")
+    print(f"\n| config | mode | batch | first call s | ms / update (median) | peak memory growth MB |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    for row in rows:
+        row.update(timings[row["mode"]], config="pixels", batch=args.pixel_batch)
+        print(f"| pixels | {row['mode']} | {args.pixel_batch} | {row['first_call_s']:.1f} | {row['ms_per_update']:.0f} | "
+              f"{row['peak_memory_growth_mb']:.0f} |")
+    if device.type == "cpu" and "bf16" not in cpu_description():
+        print("bf16 autocast: not timed (no native bf16 on this CPU; see deflow_trl.hardware)")
+    result = {"machine": {"cpu": cpu_description(), "device": str(device), "threads": torch.get_num_threads(),
+                          "loadavg": os.getloadavg()}, "rows": rows}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
