@@ -1,5 +1,15 @@
 """Shared fixtures: tiny OGBench datasets generated here (never downloaded)."""
+import os
+
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One thread per test worker (and for the apps the tests start): OpenMP threads of parallel
+    # workers on a 2-core machine wait on each other (measured: 5x slower updates when oversubscribed).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
 
 # Tiny but real: OGBench's scripted oracles, a few short episodes (seconds to make).
 TINY_EPISODES = 3
