@@ -135,13 +135,13 @@ class DeFlowActor(TensorDictModuleBase):
         return self.velocity.observation_shape
 
     @property
-    def parameter_dtype(self) -> torch.dtype:
-        return self.velocity.mlp.linears[0].weight.dtype
+    def _weight(self) -> torch.Tensor:
+        """A weight of the networks: their dtype and device."""
+        return self.velocity.mlp.linears[0].weight
 
     @property
-    def scaled(self) -> bool:
-        """Whether actions are mapped to bounds other than [-1, 1]."""
-        return self.action_low is not None
+    def parameter_dtype(self) -> torch.dtype:
+        return self._weight.dtype
 
     def normalize_action(self, action: torch.Tensor) -> torch.Tensor:
         """Env-space actions → the policy's [-1, 1] space (identity without bounds)."""
@@ -213,7 +213,7 @@ class DeFlowActor(TensorDictModuleBase):
 
     def action_head_like(self, obs: torch.Tensor) -> torch.Tensor:
         """A tensor with the device and float dtype of the actions (pixel observations are uint8)."""
-        return obs if obs.is_floating_point() else self.velocity.mlp.linears[0].weight
+        return obs if obs.is_floating_point() else self._weight
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         obs = tensordict.get(self.observation_key, None)
@@ -222,7 +222,7 @@ class DeFlowActor(TensorDictModuleBase):
         noise = tensordict.get(self.noise_key, None) if self.noise_key is not None else None
         # An env on the CPU and a policy on the GPU (TorchRL rollouts, evaluation): compute on the
         # policy's device, hand the action back on the env's.
-        device = self.velocity.mlp.linears[0].weight.device
+        device = self._weight.device
         action = self.act(obs.to(device), None if noise is None else noise.to(device))
         tensordict.set(self.action_key, action.to(obs.device))
         return tensordict

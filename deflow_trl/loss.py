@@ -151,15 +151,15 @@ class FlowCriticLoss(LossModule):
             self,
             value_type,
             supported=self.SUPPORTED_VALUE_ESTIMATORS,
-            tensor_keys={
-                "value": self.tensor_keys.state_action_value,
-                "reward": self.tensor_keys.reward,
-                "done": self.tensor_keys.done,
-                "terminated": self.tensor_keys.terminated,
-            },
+            tensor_keys=self._value_estimator_keys(),
             value_network=None,
             **hyperparams,
         )
+
+    def _value_estimator_keys(self) -> dict[str, NestedKey]:
+        """The estimator's keys, from the loss's (kept in step by :meth:`set_keys`)."""
+        k = self.tensor_keys
+        return {"value": k.state_action_value, "reward": k.reward, "done": k.done, "terminated": k.terminated}
 
     @property
     def discount(self) -> torch.Tensor:
@@ -168,12 +168,7 @@ class FlowCriticLoss(LossModule):
 
     def _forward_value_estimator_keys(self, **kwargs) -> None:
         if self._value_estimator is not None:
-            self._value_estimator.set_keys(
-                value=self.tensor_keys.state_action_value,
-                reward=self.tensor_keys.reward,
-                done=self.tensor_keys.done,
-                terminated=self.tensor_keys.terminated,
-            )
+            self._value_estimator.set_keys(**self._value_estimator_keys())
         self._set_in_keys()
 
     def _set_in_keys(self) -> None:
@@ -257,33 +252,38 @@ class FlowCriticLoss(LossModule):
         obs_shape = self.actor.observation_shape
         if self.check_inputs and not torch.compiler.is_compiling():
             self._check(values, batch_shape, obs_shape)
-        flat = {
+        # The reward and terminal flags reach the value estimator from the tensordict itself (_target).
+        return {
             "observation": values["observation"].reshape(n, *obs_shape),
             "next observation": values["next observation"].reshape(n, *obs_shape),
-            "action": self.actor.normalize_action(values["action"].reshape(n, self.actor.action_dim)),
-            "reward": values["reward"].reshape(n),
-            "not terminal": 1.0 - values["terminated"].reshape(n).float(),
+            "action": self._policy_space_action(values["action"], n),
         }
+
+    def _policy_space_action(self, action: torch.Tensor, n: int) -> torch.Tensor:
+        """Dataset actions as ``[n, action_dim]`` in the policy's [-1, 1] space, range-checked
+        (when ``check_inputs``)."""
+        action = self.actor.normalize_action(action.reshape(n, self.actor.action_dim))
         if self.check_inputs and not torch.compiler.is_compiling():
-            if flat["action"].abs().max() > 1 + _ACTION_RANGE_TOL:
+            if action.abs().max() > 1 + _ACTION_RANGE_TOL:
                 raise ValueError(
                     "DeFlowLoss: dataset actions must lie in [-1, 1] (or in the actor's action-spec bounds); "
-                    f"max |a| = {flat['action'].abs().max().item():.4f} after mapping; rescale the action space first"
+                    f"max |a| = {action.abs().max().item():.4f} after mapping; rescale the action space first"
                 )
-        return flat
+        return action
 
     def _check(self, v: dict, batch_shape: torch.Size, obs_shape: tuple) -> None:
+        """Shapes, dtypes and finiteness of the entries present in ``v`` (named as in :meth:`read_batch`)."""
         da = self.actor.action_dim
         expected = {"observation": obs_shape, "next observation": obs_shape, "action": (da,)}
         for name, shape in expected.items():
-            t = v[name]
-            if tuple(t.shape) != (*batch_shape, *shape):
+            t = v.get(name)
+            if t is not None and tuple(t.shape) != (*batch_shape, *shape):
                 raise ValueError(
                     f"DeFlowLoss: {name} must have shape [*batch, {', '.join(map(str, shape))}] "
                     f"= {[*batch_shape, *shape]}, got {list(t.shape)}"
                 )
         for name in ("action", "reward"):
-            if not v[name].is_floating_point():
+            if name in v and not v[name].is_floating_point():
                 raise TypeError(f"DeFlowLoss: {name} must be floating point, got {v[name].dtype}")
         if len(obs_shape) == 1 and v["observation"].dtype != self.actor.parameter_dtype:
             raise TypeError(
@@ -291,13 +291,13 @@ class FlowCriticLoss(LossModule):
                 f"{self.actor.parameter_dtype}; cast the data (e.g. with torchrl's DoubleToFloat transform)"
             )
         for name in ("reward", "done", "terminated"):
-            if v[name].numel() != batch_shape.numel():
+            if name in v and v[name].numel() != batch_shape.numel():
                 raise ValueError(
                     f"DeFlowLoss: {name} must have one entry per transition ({[*batch_shape, 1]}), "
                     f"got {list(v[name].shape)}"
                 )
         for name in ("observation", "next observation", "action", "reward"):
-            if v[name].is_floating_point() and not torch.isfinite(v[name]).all():
+            if name in v and v[name].is_floating_point() and not torch.isfinite(v[name]).all():
                 raise ValueError(f"DeFlowLoss: {name} contains NaN or inf")
 
     # -- the loss terms ----------------------------------------------------------
@@ -332,12 +332,9 @@ class FlowCriticLoss(LossModule):
         batch_shape = tensordict.batch_size
         obs_shape = self.actor.observation_shape
         if self.check_inputs and not torch.compiler.is_compiling():
-            self._check({"observation": obs, "next observation": obs, "action": action,
-                         "reward": action[..., :1], "done": action[..., :1], "terminated": action[..., :1]},
-                        batch_shape, obs_shape)
+            self._check({"observation": obs, "action": action}, batch_shape, obs_shape)
         n = batch_shape.numel()
-        action = self.actor.normalize_action(action.reshape(n, -1))
-        loss = self._flow_matching(obs.reshape(n, *obs_shape), action)
+        loss = self._flow_matching(obs.reshape(n, *obs_shape), self._policy_space_action(action, n))
         return self._reduce(loss, self._weights(tensordict), batch_shape), {}
 
     def qvalue_loss_terms(
@@ -373,11 +370,8 @@ class FlowCriticLoss(LossModule):
         k = self.tensor_keys
         batch_shape = tensordict.batch_size
         nxt = tensordict.get("next")
-        fields = {}
-        for key in (k.reward, k.done, k.terminated):
-            value = nxt.get(key)
-            fields[key] = value.reshape(*batch_shape, 1)
-        steps = nxt.get("steps_to_next_obs", None) if isinstance(nxt, TensorDictBase) else None
+        fields = {key: nxt.get(key).reshape(*batch_shape, 1) for key in (k.reward, k.done, k.terminated)}
+        steps = nxt.get("steps_to_next_obs", None)
         value_td = TensorDict({"next": fields}, batch_size=batch_shape)
         if steps is not None:
             value_td.set(("next", "steps_to_next_obs"), steps.reshape(*batch_shape, 1))

@@ -49,7 +49,7 @@ from deflow_trl.plot import read_scalar
 from deflow_trl.published import PUBLISHED, SOURCE
 
 LAST_EVALS = 3
-from deflow_trl.sweep_report import FAILED_MARKER  # a failed job's marker in its run directory (first line: the reason)
+from deflow_trl.sweep_report import FAILED_MARKER, failure_reason  # a failed job's marker in its run directory (first line: the reason)
 PAPER_PROTOCOL = {"offline_steps": 1_000_000, "online_steps": 0, "eval_interval": 100_000, "eval_episodes": 50}
 PAPER_TASKS = (1, 2, 3, 4, 5)
 
@@ -91,15 +91,10 @@ def expected_eval_steps(total_steps: int, eval_interval: int) -> list[int]:
 
 def _failure_marker(run_dir: str) -> str | None:
     """``crashed (FAILED: <its first line>)`` when the run directory holds a ``FAILED`` marker, else None."""
-    marker = os.path.join(run_dir, FAILED_MARKER)
-    if not os.path.exists(marker):
+    reason = failure_reason(run_dir)
+    if reason is None:
         return None
-    try:
-        with open(marker, errors="replace") as f:
-            lines = [line.strip() for line in f if line.strip()]
-    except OSError:
-        lines = []
-    return f"crashed ({FAILED_MARKER}: {lines[0]})" if lines else f"crashed ({FAILED_MARKER} marker)"
+    return f"crashed ({FAILED_MARKER}: {reason})" if reason else f"crashed ({FAILED_MARKER} marker)"
 
 
 def _logged_error(run_dir: str) -> str | None:

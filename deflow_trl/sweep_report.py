@@ -18,7 +18,6 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 FAILED_MARKER = "FAILED"
-FAILED_JOBS: list[tuple[str, str]] = []  # filled when a sweep ends, read by the app's entry point
 
 
 def mark_failed(run_dir: str, reason: str) -> None:
@@ -36,13 +35,23 @@ def clear_failed(run_dir: str) -> None:
         pass
 
 
+def failure_reason(run_dir: str) -> str | None:
+    """The first non-empty line of ``run_dir``'s ``FAILED`` marker ("" if it has none or cannot be
+    read), or None when the run has no marker."""
+    marker = os.path.join(run_dir, FAILED_MARKER)
+    if not os.path.exists(marker):
+        return None
+    try:
+        with open(marker, errors="replace") as f:
+            return next((line.strip() for line in f if line.strip()), "")
+    except OSError:
+        return ""
+
+
 def failed_runs(sweep_dir: str) -> list[tuple[str, str]]:
     """``(run dir, reason)`` of every ``FAILED`` marker under ``sweep_dir``."""
-    found = []
-    for path in sorted(glob.glob(os.path.join(sweep_dir, "**", FAILED_MARKER), recursive=True)):
-        with open(path, errors="replace") as f:
-            found.append((os.path.dirname(path), (f.readline().strip() or "failed")))
-    return found
+    run_dirs = (os.path.dirname(p) for p in glob.glob(os.path.join(sweep_dir, "**", FAILED_MARKER), recursive=True))
+    return [(d, failure_reason(d) or "failed") for d in sorted(run_dirs)]
 
 
 SWEEP_DIRS: list[str] = []  # the sweep directory of this process's multirun (set when it starts)
@@ -59,7 +68,6 @@ class FailedJobsReport(Callback):
 def report_failed_jobs() -> list[tuple[str, str]]:
     """Prints every failed job of this process's sweep (if any) and returns them."""
     failed = [f for d in SWEEP_DIRS for f in failed_runs(d)]
-    FAILED_JOBS[:] = failed
     if failed:
         sys.stderr.write(f"[deflow_trl] {len(failed)} job(s) of the sweep failed:\n")
         for run_dir, reason in failed:

@@ -47,7 +47,7 @@ from deflow_trl.checkpoint import load_latest_checkpoint, rng_state, save_checkp
 from deflow_trl.config_schema import check_config, resolve_device, validate_config  # noqa: F401 (re-exported)
 from deflow_trl.data import replay_buffer_from_transitions
 from deflow_trl.errors import ConfigError, debug_requested, one_line
-from deflow_trl.agents import build_agent, trains_flow_only
+from deflow_trl.agents import agent_kind, build_agent, trains_flow_only
 from deflow_trl.sweep_report import clear_failed, mark_failed, report_failed_jobs
 from deflow_trl.rundir import check_resume, check_writable, clear_record, truncate_metrics, write_record
 from deflow_trl.runlock import run_dir_lock
@@ -200,7 +200,6 @@ def run(cfg: DictConfig, run_dir: str) -> dict:
 
 def _train(cfg: DictConfig, run_dir: str, device: torch.device, eval_env, lock) -> dict:
     """:func:`run` once the run directory is locked."""
-    from deflow_trl.envs import make_ogbench_env
     from deflow_trl.evaluation import evaluate
     from deflow_trl.plot import plot_run
 
@@ -337,7 +336,7 @@ def _train(cfg: DictConfig, run_dir: str, device: torch.device, eval_env, lock) 
                 from torchrl.collectors import Collector
 
                 loss.freeze_flow = cfg.online.freeze_flow
-                env = make_ogbench_env(cfg.dataset, seed=cfg.seed + 1)
+                env = make_eval_env(cfg, cfg.seed + 1)  # the same single-task env as evaluation, its own seed
                 # The policy is stateless: no InitTracker/primer transforms to register on the env.
                 collector = Collector(env, policy, frames_per_batch=1, total_frames=total - step, device=device,
                                       auto_register_policy_transforms=False)
@@ -368,7 +367,7 @@ def _train(cfg: DictConfig, run_dir: str, device: torch.device, eval_env, lock) 
             last_eval = run_eval()
         elapsed = time.perf_counter() - start
         png = plot_run(run_dir, target_divergence=cfg.agent.get("target_divergence")
-                       if cfg.agent.get("kind", "deflow") == "deflow" and cfg.agent.get("refine", True) else None)
+                       if agent_kind(cfg.agent) == "deflow" and not trains_flow_only(cfg.agent) else None)
         print(
             f"[deflow_trl] {cfg.agent.name} on {cfg.dataset}: success rate "
             f"{100 * last_eval.get('success_rate', math.nan):.1f}% at step {step} "
