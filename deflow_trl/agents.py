@@ -1,4 +1,4 @@
-"""The app's agents: one builder per agent config (``configs/agent/*.yaml``).
+"""The app's agents: one builder per agent config (``deflow_trl/configs/agent/*.yaml``).
 
 An agent is a loss and a config, not a second app: every agent shares the
 data, the critic, the behaviour flow, evaluation, checkpoints and logging.

@@ -5,7 +5,7 @@
 1. types every known field with OmegaConf structured configs (the dataclasses
    below): ``batch_size='256'`` becomes 256, ``offline_steps=1.5``, ``seed=abc``
    or ``agent.lr=fast`` are refused naming the key; unknown keys are kept as
-   they are (agents such as ``configs/agent/fql.yaml`` add their own fields, and
+   they are (agents such as ``deflow_trl/configs/agent/fql.yaml`` add their own fields, and
    a known field missing from a config is not added);
 2. checks values and cross-field rules that types cannot say
    (:func:`check_config`): ranges, names of samplers/backends/storages/devices,
@@ -13,7 +13,7 @@
 
 Every problem is a :class:`~deflow_trl.errors.ConfigError` with one line naming
 the key, the value and what is expected. The schema is applied inside the app,
-not as Hydra's primary config, so ``configs/*.yaml`` compose exactly as before.
+not as Hydra's primary config, so ``deflow_trl/configs/*.yaml`` compose exactly as before.
 
 Examples:
     >>> from omegaconf import OmegaConf
@@ -45,7 +45,7 @@ __all__ = ["validate_config", "typed_config", "check_config", "resolve_device", 
 # ----------------------------------------------------------------------------- schema (types only)
 @dataclass
 class AgentSchema:
-    """Known agent fields (``configs/agent/*.yaml``); other agents may add more."""
+    """Known agent fields (``deflow_trl/configs/agent/*.yaml``); other agents may add more."""
 
     name: str = "deflow"
     hidden_sizes: List[int] = field(default_factory=lambda: [512, 512, 512, 512])

@@ -12,7 +12,7 @@ while maximising Q:
 
 the policy acts with ``clip(μ(s, z))``, ``z ~ N(0, I)``: one network call per
 action instead of K + 1. α is tuned per suite (the ``fql_alpha`` field of
-``configs/env/*.yaml``: 10 antmaze/antsoccer, 30 humanoidmaze, 300
+``deflow_trl/configs/env/*.yaml``: 10 antmaze/antsoccer, 30 humanoidmaze, 300
 cube/scene, 1000 puzzle) — the per-task tuning DeFlow's trust region avoids.
 
 Everything but the actor term and the one-step policy is shared code
@@ -167,7 +167,7 @@ def make_fql(
     solver: str = "euler",  # ODE solver of the distillation target
     discount: float = 0.99,  # γ, per suite
     q_agg: str = "mean",  # target aggregation: "min" for antmaze (FQL's flags), else "mean"
-    alpha: float = 10.0,  # distillation weight α: per suite (configs/env/*.yaml fql_alpha)
+    alpha: float = 10.0,  # distillation weight α: per suite (deflow_trl/configs/env/*.yaml fql_alpha)
     normalize_q_loss: bool = False,  # FQL's published runs: off
     freeze_flow: bool = False,  # keep the behaviour flow fixed (online fine-tuning)
     bf16_solves: bool = False,  # the distillation target's solve under bf16 autocast (native-bf16 hardware only)
@@ -178,7 +178,7 @@ def make_fql(
     device: torch.device | str | None = None,  # build on this device
 ) -> tuple[FQLActor, FQLLoss]:
     """FQL's networks, policy and loss with the reference defaults; keyword
-    names as the Hydra agent config (``configs/agent/fql.yaml``)."""
+    names as the Hydra agent config (``deflow_trl/configs/agent/fql.yaml``)."""
     velocity, onestep, critic = build_networks(
         observation_dim, action_dim, hidden_sizes, num_critics, OneStepPolicy, encoder=encoder,
         bf16_solves=bf16_solves, device=device,

@@ -47,7 +47,7 @@ def make_deflow(
     ``observation``, writes ``action``), usable in ``env.rollout`` and
     collectors; ``loss`` is a :class:`DeFlowLoss` whose ``parameters()`` hold
     everything to optimise (flow, refiner, critic, log α). The keyword names are
-    the ones of the Hydra configs (``configs/agent/deflow.yaml``).
+    the ones of the Hydra configs (``deflow_trl/configs/agent/deflow.yaml``).
 
     Examples:
         >>> policy, loss = make_deflow(28, 5)

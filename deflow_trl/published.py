@@ -14,7 +14,7 @@ checks this module against that text.
     >>> PUBLISHED["puzzle-3x3-play"]
     {'DeFlow': 43.0, 'FQL': 30.0}
 
-Keys are the suite names of ``configs/env/*.yaml`` (``env.name``); only means
+Keys are the suite names of ``deflow_trl/configs/env/*.yaml`` (``env.name``); only means
 are given (the design reference does not carry the papers' standard deviations).
 """
 from __future__ import annotations

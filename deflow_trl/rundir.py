@@ -5,7 +5,7 @@ A run directory holds the run's record — ``.hydra/config.yaml`` (what ran),
 — and a ``.lock`` file (:mod:`deflow_trl.runlock`). The app keeps three promises:
 
 - **A refused launch changes nothing.** Hydra would write ``.hydra/`` and open
-  ``train.log`` before the app runs; ``configs/train.yaml`` turns both off
+  ``train.log`` before the app runs; ``deflow_trl/configs/train.yaml`` turns both off
   (``hydra.output_subdir: null``, console-only job logging) and the app writes
   them itself (:func:`write_record`) only after every check passed: config,
   lock, resume compatibility, data, checkpoint loading.

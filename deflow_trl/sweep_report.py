@@ -3,7 +3,7 @@
 A job that fails with a known error writes ``<run dir>/FAILED`` (first line:
 the reason) — in its own process, which may be a joblib worker or a SLURM
 node. :class:`FailedJobsReport`, a Hydra callback registered in
-``configs/train.yaml``, notes ``hydra.sweep.dir`` in the launching process;
+``deflow_trl/configs/train.yaml``, notes ``hydra.sweep.dir`` in the launching process;
 when the sweep ends (Hydra re-raises the first failure, or returns),
 :func:`report_failed_jobs` lists the markers there and the app exits with
 status 1. ``summarize`` reports such runs as crashed.

@@ -55,7 +55,7 @@ from deflow_trl.signals import GracefulStop
 from deflow_trl.update import make_update
 
 log = logging.getLogger("deflow_trl.train")
-CONFIG_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, "configs"))
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")  # shipped inside the package
 
 
 class TrainingStopped(Exception):
@@ -84,7 +84,7 @@ def dataset_header(cfg: DictConfig) -> dict | None:
 
 
 def is_pixels(cfg: DictConfig) -> bool:
-    """A visual suite (``configs/env/visual_*.yaml``): frames in, an encoder per network."""
+    """A visual suite (``deflow_trl/configs/env/visual_*.yaml``): frames in, an encoder per network."""
     return bool(cfg.env.get("pixels", False))
 
 
@@ -407,7 +407,7 @@ class FlowBCUpdate:
 # A job of a -m sweep that fails with a known error writes a FAILED marker in its run directory and
 # raises JobFailed, not SystemExit: SystemExit would escape Hydra's launcher and stop the sweep, while
 # an Exception fails only this job (every launcher runs the others). When the sweep ends, the
-# FailedJobsReport callback (configs/train.yaml) lists the markers in the launching process, whatever
+# FailedJobsReport callback (deflow_trl/configs/train.yaml) lists the markers in the launching process, whatever
 # launcher ran the jobs (joblib workers, SLURM nodes), and `cli` exits 1; with the basic launcher
 # Hydra also re-raises the first failure as one line.
 RECORDED_RUN_DIRS: set[str] = set()  # run directories whose record this process wrote (may be marked FAILED)

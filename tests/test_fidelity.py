@@ -122,7 +122,7 @@ REFERENCE_SUITES = {
     "puzzle-3x3-play": (4, 0.99, "mean", 5e-3),
     "puzzle-4x4-play": (4, 0.99, "mean", 5e-3),
 }
-CONFIG_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "configs")
+CONFIG_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "deflow_trl", "configs")
 
 
 def test_every_state_suite_config_matches_the_reference_table():

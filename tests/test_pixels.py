@@ -24,7 +24,7 @@ from deflow_trl.encoders import ImpalaEncoder, make_encoder, same_pool_padding
 from deflow_trl.errors import DatasetError
 
 VISUAL = "visual-cube-single-play-v0"
-CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
+CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "deflow_trl", "configs")
 
 
 # ----------------------------------------------------------------------------- helpers

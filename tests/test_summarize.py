@@ -202,8 +202,8 @@ def test_published_table_matches_the_design_reference():
     assert PUBLISHED_VISUAL_MANIPULATION == {"DeFlow": 69, "FQL": 65}
     # Every state-based suite of configs/env has its published numbers, under its env.name (the pixel
     # suites have one published number together: PUBLISHED_VISUAL_MANIPULATION).
-    names = {OmegaConf.load(os.path.join(REPO, "configs", "env", f)).name
-             for f in os.listdir(os.path.join(REPO, "configs", "env"))}
+    names = {OmegaConf.load(os.path.join(REPO, "deflow_trl", "configs", "env", f)).name
+             for f in os.listdir(os.path.join(REPO, "deflow_trl", "configs", "env"))}
     assert {n for n in names if not n.startswith("visual-")} == set(PUBLISHED)
     design = os.path.join(REPO, os.pardir, "shared", "DESIGN.md")
     if not os.path.isfile(design):
