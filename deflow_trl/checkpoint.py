@@ -11,7 +11,15 @@ skipped by :func:`load_latest_checkpoint`, which falls back to the previous one;
 the training app moves it aside as ``<name>.corrupt`` (never deletes it).
 
 Everything stored is loadable with ``torch.load(weights_only=True)``: tensors,
-numbers, strings and containers of them (RNG states are stored as tensors).
+numbers, strings and containers of them. RNG state is TorchRL's
+:class:`~torchrl.checkpoint.GlobalRNGState` (CUDA included).
+
+Why not ``torchrl.checkpoint.Checkpoint`` + ``CheckpointRotation`` for the files
+themselves (torchrl 0.14.1, probed in NOTES.md): they publish atomically too, but
+(1) nothing is fsync'ed, so a power loss after the rename can leave a checkpoint
+with empty payloads; (2) ``load_latest`` raises on a corrupt newest checkpoint
+instead of falling back to the previous valid one; (3) a save killed midway leaves
+its ``.checkpoint-*.stage-*`` directory (a full copy of the state) forever.
 """
 from __future__ import annotations
 
@@ -24,6 +32,7 @@ import warnings
 
 import numpy as np
 import torch
+from torchrl.checkpoint import GlobalRNGState
 
 from deflow_trl.errors import CheckpointError
 
@@ -42,22 +51,33 @@ def _checkpoint_files(directory: str) -> list[tuple[int, str]]:
 
 
 def rng_state() -> dict:
-    """Torch, NumPy and Python RNG states as tensors (``weights_only``-safe)."""
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
-        "numpy_pos": int(np_state[2]),
-        "python": torch.tensor(py_state[1], dtype=torch.int64),
-        "python_version": int(py_state[0]),
-    }
+    """Every process-global RNG as TorchRL's :class:`~torchrl.checkpoint.GlobalRNGState` captures it:
+    Python, NumPy, torch CPU and, once initialised, CUDA (all devices), XPU, MPS. Only tensors,
+    numbers, strings and tuples: ``weights_only``-safe."""
+    return GlobalRNGState().state_dict()
 
 
 def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
-    random.setstate((state["python_version"], tuple(state["python"].tolist()), None))
+    """Restores :func:`rng_state`'s capture (or the pre-0.2 layout: ``torch``/``numpy_keys``/``python``).
+
+    Accelerator state the machine cannot take (a CUDA run resumed on a CPU-only machine) is
+    skipped with a warning: the CPU, NumPy and Python streams still resume exactly, the device's
+    random stream does not."""
+    if "torch" in state and "torch_cpu" not in state:  # checkpoints written before GlobalRNGState
+        torch.set_rng_state(state["torch"])
+        np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+        random.setstate((state["python_version"], tuple(state["python"].tolist()), None))
+        return
+    state = dict(state)
+    for key, available in (("torch_cuda", torch.cuda.is_available),
+                           ("torch_xpu", lambda: hasattr(torch, "xpu") and torch.xpu.is_available()),
+                           ("torch_mps", lambda: torch.backends.mps.is_available())):
+        if key in state and not available():
+            warnings.warn(f"the checkpoint holds {key[6:].upper()} RNG state but this machine has no such device: "
+                          "resuming without it (device-side random draws will differ from the original run)",
+                          RuntimeWarning, stacklevel=2)
+            del state[key]
+    GlobalRNGState().load_state_dict(state)
 
 
 def save_checkpoint(directory: str, step: int, state: dict, keep: int = 3) -> str:

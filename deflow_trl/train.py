@@ -140,25 +140,24 @@ def prepare_dataset(cfg: DictConfig) -> TensorDict:
 
 # ----------------------------------------------------------------------------- logging
 class Metrics:
-    """TorchRL loggers: CSV always (the plot and ``summarize`` read it), plus
-    TensorBoard or W&B when configured."""
+    """TorchRL loggers from :func:`torchrl.record.loggers.get_logger`: CSV always (the plot and
+    ``summarize`` read it), plus TensorBoard or W&B when configured, which also receive the
+    resolved config through ``log_hparams``."""
 
     def __init__(self, cfg: DictConfig, run_dir: str):
-        from torchrl.record.loggers import CSVLogger
+        from torchrl.record.loggers import get_logger
 
-        self.loggers = [CSVLogger(exp_name="metrics", log_dir=run_dir)]
-        if cfg.logger.backend == "tensorboard":
-            from torchrl.record.loggers import TensorboardLogger
-
-            self.loggers.append(TensorboardLogger(exp_name="tb", log_dir=run_dir))
-        elif cfg.logger.backend == "wandb":
-            from torchrl.record.loggers import WandbLogger
-
-            self.loggers.append(WandbLogger(exp_name=os.path.basename(run_dir), project=cfg.logger.project, save_dir=run_dir))
-        elif cfg.logger.backend != "csv":
-            raise ConfigError(f"logger.backend must be csv, tensorboard or wandb, got {cfg.logger.backend!r}")
+        backend = cfg.logger.backend
+        if backend not in ("csv", "tensorboard", "wandb"):
+            raise ConfigError(f"logger.backend must be csv, tensorboard or wandb, got {backend!r}")
+        self.loggers = [get_logger("csv", run_dir, "metrics")]
+        if backend == "tensorboard":
+            self.loggers.append(get_logger("tensorboard", run_dir, "tb"))
+        elif backend == "wandb":
+            self.loggers.append(get_logger("wandb", run_dir, os.path.basename(run_dir),
+                                           wandb_kwargs={"project": cfg.logger.project}))
         for logger in self.loggers[1:]:  # the CSV run's config is .hydra/config.yaml already
-            logger.log_hparams(cfg)  # W&B / TensorBoard receive the resolved config
+            logger.log_hparams(cfg)
 
     def log(self, values: dict, step: int) -> None:
         values = {name: float(value) for name, value in values.items()}
