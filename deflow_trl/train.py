@@ -27,6 +27,11 @@ optimiser → offline steps (update, log, evaluate, checkpoint) → online steps
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # `python -m deflow_trl.train` without the app extra: one line, not a traceback
+    from deflow_trl.cli import check_app_extra
+
+    check_app_extra("python -m deflow_trl.train")
+
 import logging
 import math
 import os
@@ -340,6 +345,7 @@ def _train(cfg: DictConfig, run_dir: str, device: torch.device, eval_env, lock) 
                 collector = Collector(env, policy, frames_per_batch=1, total_frames=total - step, device=device,
                                       auto_register_policy_transforms=False)
                 keys = list(data.keys(True, True))
+                online_start, online_from = time.perf_counter(), step
                 for batch in collector:
                     batch = batch.reshape(-1)
                     ended = batch["next", "done"].squeeze(-1)
@@ -351,7 +357,10 @@ def _train(cfg: DictConfig, run_dir: str, device: torch.device, eval_env, lock) 
                     bar.update(1)
                     if step % cfg.log_interval == 0:
                         metrics.log({"online/buffer_size": len(buffer), "online/episodes": online["episodes"],
-                                     "online/episode_success_rate": online["successes"] / max(online["episodes"], 1)}, step)
+                                     "online/episode_success_rate": online["successes"] / max(online["episodes"], 1),
+                                     # wall-clock rate of (one env step + one update), evaluations included
+                                     "online/steps_per_s": (step - online_from) / (time.perf_counter() - online_start)},
+                                    step)
                     maybe_log_eval_save(out)
                     if stop.requested:
                         break
@@ -430,6 +439,9 @@ def main(cfg: DictConfig):
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from deflow_trl.cli import quiet_app
+
+    quiet_app()  # the app's process only (also each job of a sweep launcher): headless GL, no third-party noise
     hydra_cfg = HydraConfig.get()
     run_dir = hydra_cfg.runtime.output_dir
     try:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -112,6 +113,8 @@ def test_offline_to_online_adds_transitions_to_the_buffer(tiny_ogbench_dir, tmp_
     steps, sizes = read_scalar(str(tmp_path), "online/buffer_size")
     n = 147  # 3 episodes of 50 steps -> 147 transitions (see conftest)
     assert steps.tolist() == [8, 12, 16] and sizes.tolist() == [n + 4, n + 8, n + 12]
+    steps, rates = read_scalar(str(tmp_path), "online/steps_per_s")  # the online phase's throughput is logged
+    assert steps.tolist() == [8, 12, 16] and (rates > 0).all() and np.isfinite(rates).all()
     # The checkpointed online part is exactly the last 12 transitions of the buffer, in order.
     assert online["next"]["observation"][:-1].equal(online["observation"][1:])  # one continuing episode
     # Resuming restores them: 8 more online steps continue after the 12 saved ones.
