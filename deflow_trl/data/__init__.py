@@ -1,7 +1,10 @@
 """OGBench data for TorchRL: load official or regenerated datasets, regenerate them locally.
 
 * :func:`load_ogbench_dataset` — ``.npz`` pair -> TensorDict of transitions (TorchRL key layout);
-* :func:`make_ogbench_replay_buffer` — the same in a ``TensorDictReplayBuffer`` (RAM or memmap);
+* :func:`make_ogbench_replay_buffer` — the same in a writable ``TensorDictReplayBuffer`` (RAM or memmap);
+* :class:`OGBenchExperienceReplay` — TorchRL's offline-dataset convention (``BaseDatasetExperienceReplay``):
+  a memory-mapped cache built once and reused, an ``episode`` key, immutable; importing this package
+  registers it so ``torchrl.data.datasets.load_dataset("ogbench:<name>", batch_size=...)`` works;
 * :func:`generate_dataset` — rerun OGBench's scripted oracles (``python -m deflow_trl.data.generate``);
 * :func:`parse_ogbench_name` — dataset name -> file stem, env id, task;
 * :func:`make_pixel_replay_buffer`, :func:`load_visual_dataset` — ``visual-*`` (pixel) datasets: uint8
@@ -18,9 +21,24 @@ from deflow_trl.data.ogbench import (
     prioritized_replay_available,
     replay_buffer_from_transitions,
 )
+from deflow_trl.data.ogbench_replay import OGBenchExperienceReplay
+
+
+def _register() -> None:
+    """``load_dataset("ogbench:<name>")``; an "ogbench" source TorchRL itself may ship one day is left in place."""
+    from torchrl.data.datasets import register_dataset
+
+    try:
+        register_dataset("ogbench", "deflow_trl.data.ogbench_replay:OGBenchExperienceReplay")
+    except KeyError:  # already registered (by this package on a reload, or upstream)
+        pass
+
+
+_register()
 
 __all__ = [
     "ACTION_CLIP",
+    "OGBenchExperienceReplay",
     "OGBenchName",
     "generate_dataset",
     "load_ogbench_dataset",

@@ -208,6 +208,7 @@ def load_ogbench_dataset(
     *,
     dataset_path: str | None = None,
     download: bool = False,
+    cache: bool | str = False,
 ) -> TensorDict:
     """Load an OGBench dataset into a TensorDict of transitions (layout in the module docstring).
 
@@ -218,11 +219,26 @@ def load_ogbench_dataset(
         split: ``"train"`` (``<stem>.npz``) or ``"val"`` (``<stem>-val.npz``).
         dataset_path: explicit path of the train file (its ``-val.npz`` sibling for ``split="val"``).
         download: fetch the official files with ogbench if missing (needs internet).
+        cache: ``False`` (default): decompress and relabel the ``.npz`` now, write nothing.
+            ``True`` or a directory: go through :class:`~deflow_trl.data.OGBenchExperienceReplay`'s
+            memory-mapped cache (default root, or this one): built on the first call, reused
+            afterwards (no decompression, no relabelling), rebuilt when the ``.npz`` changes.
+            Returns the same keys and values either way, as a TensorDict in RAM.
 
     Raises:
         ValueError: unknown name, corrupt/truncated file, wrong shapes, NaN/inf.
         FileNotFoundError: the file is missing; the message names the regeneration command.
     """
+    if cache is not False:
+        from deflow_trl.data.ogbench_replay import OGBenchExperienceReplay
+
+        if not isinstance(cache, (bool, str, os.PathLike)):
+            raise TypeError(f"cache must be a bool or a cache directory, got {type(cache).__name__}")
+        cached = OGBenchExperienceReplay(
+            name, None, root=None if cache is True else cache, download=download, dataset_dir=dataset_dir,
+            dataset_path=dataset_path, split=split,
+        )
+        return cached.transitions.exclude("episode").clone()  # RAM copy: callers may modify it
     parsed = parse_ogbench_name(name)
     path = ogbench_dataset_path(name, dataset_dir, split, dataset_path)
     if not os.path.isfile(path):
@@ -294,11 +310,16 @@ def make_ogbench_replay_buffer(
     download: bool = False,
     alpha: float = 0.6,
     beta: float = 0.4,
+    cache: bool | str = False,
 ):
-    """A ``TensorDictReplayBuffer`` filled with an OGBench dataset (offline RL's initial content).
+    """A writable ``TensorDictReplayBuffer`` filled with an OGBench dataset (offline RL's initial content).
+
+    For a read-only buffer over the memory-mapped dataset itself (TorchRL's convention for
+    offline datasets, no copy), use :class:`~deflow_trl.data.OGBenchExperienceReplay`.
 
     Args:
-        name, dataset_dir, dataset_path, split, download: as :func:`load_ogbench_dataset`.
+        name, dataset_dir, dataset_path, split, download, cache: as :func:`load_ogbench_dataset`
+            (``cache=True`` reads the dataset from :class:`~deflow_trl.data.OGBenchExperienceReplay`'s cache).
         batch_size: default sample size.
         storage: ``"ram"`` (``LazyTensorStorage``) or ``"memmap"`` (``LazyMemmapStorage`` in
             ``scratch_dir`` or a temp dir; for sets larger than RAM is comfortable with).
@@ -310,7 +331,7 @@ def make_ogbench_replay_buffer(
     for offline-to-online training.
     """
     _check_buffer_args(storage, sampler)  # before any file is read
-    data = load_ogbench_dataset(name, dataset_dir, split, dataset_path=dataset_path, download=download)
+    data = load_ogbench_dataset(name, dataset_dir, split, dataset_path=dataset_path, download=download, cache=cache)
     return replay_buffer_from_transitions(
         data, batch_size, storage=storage, sampler=sampler, scratch_dir=scratch_dir,
         transform=transform, prefetch=prefetch, alpha=alpha, beta=beta,
