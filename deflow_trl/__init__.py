@@ -7,15 +7,31 @@ The pieces a TorchRL user composes:
 * :class:`DeFlowLoss` — critic, flow-matching, refiner and α losses;
 * :func:`make_fql`, :class:`FQLActor`, :class:`FQLLoss` — flow Q-learning, the main baseline;
 * :class:`VelocityField`, :class:`Refiner`, :class:`CriticEnsemble` — the networks;
-* :func:`intrinsic_action_variance`, :func:`propose_delta` — δ from data.
+* :func:`intrinsic_action_variance`, :func:`propose_delta` — δ from data (need scipy, imported on first use).
+
+The core above needs only torch, tensordict, torchrl and numpy (``pip install deflow_trl``);
+the Hydra app, OGBench data/envs, plots and the console scripts (``deflow-train``,
+``deflow-generate``, ``deflow-iav``, ``deflow-summarize``) need the ``app`` extra
+(``pip install 'deflow_trl[app]'``). Importing this package sets no environment variable,
+warning filter or logging level: the apps do that at their entry points only.
+
+Example (core only):
+    >>> from deflow_trl import make_deflow
+    >>> policy, loss = make_deflow(4, 2, hidden_sizes=(8, 8))
+    >>> type(loss).__name__
+    'DeFlowLoss'
 """
+from typing import TYPE_CHECKING, Any
+
 from deflow_trl.actor import DeFlowActor
-from deflow_trl.iav import intrinsic_action_variance, propose_delta
 from deflow_trl.fql import FQLActor, FQLLoss, OneStepPolicy, make_fql
 from deflow_trl.loss import DeFlowLoss, FlowCriticLoss
 from deflow_trl.make import make_deflow
 from deflow_trl.nets import CriticEnsemble, Refiner, VelocityField
 from deflow_trl.sampler import FlowSampler, solve_flow
+
+if TYPE_CHECKING:  # imported lazily at run time (module __getattr__ below)
+    from deflow_trl.iav import intrinsic_action_variance, propose_delta
 
 __all__ = [
     "CriticEnsemble",
@@ -35,3 +51,26 @@ __all__ = [
     "solve_flow",
 ]
 __version__ = "0.1.0"
+
+_LAZY = {"intrinsic_action_variance": "deflow_trl.iav", "propose_delta": "deflow_trl.iav"}  # scipy: app extra
+
+
+def __getattr__(name: str) -> Any:
+    """Imports the names of :data:`_LAZY` on first use, so ``import deflow_trl`` needs no scipy."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'deflow_trl' has no attribute {name!r}")
+    import importlib
+
+    try:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    except ModuleNotFoundError as err:
+        from deflow_trl.cli import INSTALL_APP, MissingExtra
+
+        package = (err.name or "a package").split(".")[0]
+        raise MissingExtra(f"deflow_trl.{name} needs {package}, which is not installed: {INSTALL_APP}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -2,11 +2,14 @@
 
 :func:`validate_config` is the first thing :func:`deflow_trl.train.run` does. It
 
-1. types every known field with OmegaConf structured configs (the dataclasses
+1. types every field with OmegaConf structured configs (the dataclasses
    below): ``batch_size='256'`` becomes 256, ``offline_steps=1.5``, ``seed=abc``
-   or ``agent.lr=fast`` are refused naming the key; unknown keys are kept as
-   they are (agents such as ``deflow_trl/configs/agent/fql.yaml`` add their own fields, and
-   a known field missing from a config is not added);
+   or ``agent.lr=fast`` are refused naming the key, and so is a key the schema
+   does not know, even one added with Hydra's ``+`` (``+agent.hidden_sise=[8]``
+   would otherwise train with the default widths: nothing reads it). The schema
+   is the union of the shipped configs' fields (every agent's and suite's;
+   ``tests/test_packaging.py`` checks every file): a new config field goes into
+   its dataclass here. A known field missing from a config is not added;
 2. checks values and cross-field rules that types cannot say
    (:func:`check_config`): ranges, names of samplers/backends/storages/devices,
    logger packages importable.
@@ -25,9 +28,15 @@ Examples:
     ... except ConfigError as err:
     ...     print(err)
     offline_steps: Value '1.5' of type 'float' could not be converted to Integer
+    >>> try:
+    ...     typed_config(OmegaConf.create({"agent": {"hidden_sise": [8]}}))
+    ... except ConfigError as err:
+    ...     print(err)
+    agent.hidden_sise: unknown key (did you mean agent.hidden_sizes?)
 """
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import math
 from dataclasses import dataclass, field
@@ -35,7 +44,7 @@ from typing import Any, List, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from deflow_trl.errors import ConfigError
 
@@ -45,9 +54,11 @@ __all__ = ["validate_config", "typed_config", "check_config", "resolve_device", 
 # ----------------------------------------------------------------------------- schema (types only)
 @dataclass
 class AgentSchema:
-    """Known agent fields (``deflow_trl/configs/agent/*.yaml``); other agents may add more."""
+    """Agent fields: the union of ``deflow_trl/configs/agent/*.yaml`` (an agent uses its own subset)."""
 
     name: str = "deflow"
+    kind: str = "deflow"  # fql: builder of deflow_trl.agents
+    alpha: float = 10.0  # fql: distillation weight
     hidden_sizes: List[int] = field(default_factory=lambda: [512, 512, 512, 512])
     num_critics: int = 2
     num_flow_steps: int = 10
@@ -74,6 +85,16 @@ class EnvSchema:
     target_divergence: float = 1e-3
     discount: float = 0.99
     q_agg: str = "mean"
+    fql_alpha: float = 10.0
+    # pixel suites (deflow_trl/configs/env/visual_*.yaml)
+    pixels: bool = False
+    frame_stack: int = 3
+    encoder: str = "impala_small"
+    augment_prob: float = 0.5
+    crop_padding: int = 3
+    offline_steps: int = 500_000  # read by +experiment=visual
+    eval_interval: int = 100_000
+    eval_episodes: int = 50
 
 
 @dataclass
@@ -81,6 +102,7 @@ class DataSchema:
     dataset_dir: Optional[str] = None
     storage: str = "ram"
     download: bool = False
+    cache: bool = True
     generate_if_missing: bool = False
     generate_episodes: int = 1000
     generate_workers: int = 2
@@ -90,6 +112,7 @@ class DataSchema:
 class LoggerSchema:
     backend: str = "csv"
     project: str = "deflow_trl"
+    video: bool = False
 
 
 @dataclass
@@ -112,6 +135,8 @@ class TrainSchema:
     batch_size: int = 256
     eval_interval: int = 100_000
     eval_episodes: int = 50
+    eval_envs: int = 1
+    eval_parallel: bool = False
     log_interval: int = 5000
     save_interval: int = 50_000
     keep_checkpoints: int = 3
@@ -130,13 +155,16 @@ def _prune(typed: Any, given: Any) -> Any:
     return typed
 
 
-def _open(node: DictConfig) -> None:
-    """Turns off the struct flag of ``node`` and every nested structured node."""
-    OmegaConf.set_struct(node, False)
-    for key in node:
-        child = node._get_node(key)
-        if isinstance(child, DictConfig):
-            _open(child)
+def _unknown_key(full_key: str) -> str:
+    """One line for a key the schema lacks, with the closest known key of its node."""
+    parent, _, key = full_key.rpartition(".")
+    node: Any = OmegaConf.structured(TrainSchema)
+    for part in parent.split(".") if parent else ():
+        node = node.get(part) if isinstance(node, DictConfig) else None
+    known = list(node.keys()) if isinstance(node, DictConfig) else []
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"did you mean {parent + '.' if parent else ''}{close[0]}?" if close else f"known: {', '.join(known)}"
+    return f"{full_key}: unknown key ({hint})"
 
 
 def typed_config(cfg: DictConfig) -> DictConfig:
@@ -145,10 +173,11 @@ def typed_config(cfg: DictConfig) -> DictConfig:
         given = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as err:
         raise ConfigError(f"cannot resolve the config: {str(err).splitlines()[0]}") from None
-    schema = OmegaConf.structured(TrainSchema)
-    _open(schema)  # unknown keys (new agents' or suites' fields) pass through untyped
+    schema = OmegaConf.structured(TrainSchema)  # struct: an unknown key fails the merge
     try:
         merged = OmegaConf.merge(schema, given)
+    except ConfigKeyError as err:
+        raise ConfigError(_unknown_key(str(getattr(err, "full_key", "") or getattr(err, "key", "")))) from None
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None)
         msg = str(err).splitlines()[0]
@@ -226,6 +255,8 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"seed must be in [0, 2**31), got {cfg.seed}")
     if cfg.eval_episodes < 1:
         raise ConfigError(f"eval_episodes must be >= 1, got {cfg.eval_episodes}")
+    if cfg.get("eval_envs", 1) < 1:
+        raise ConfigError(f"eval_envs must be >= 1, got {cfg.eval_envs}")
     for key in ("batch_size", "eval_interval", "log_interval", "save_interval", "keep_checkpoints"):
         if cfg[key] < 1:
             raise ConfigError(f"{key} must be >= 1, got {cfg[key]}")

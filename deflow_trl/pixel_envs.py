@@ -12,7 +12,7 @@ TorchRL's :class:`~torchrl.envs.transforms.CatFrames` on top of :class:`VisualOG
 semantics, ``success`` entry, time limits) with frames instead of state vectors: the
 observation spec is ``Bounded(0, 255, [64, 64, 3], uint8)`` and every frame is checked
 (size, dtype). It reuses ``OGBenchEnv``'s ``_reset``/``_step``/``_set_seed``, and so
-relies on its attributes ``_env``, ``_np_global_state``, ``_pending_seed`` and
+relies on its attributes ``_env``, ``_np_rng``, ``_pending_seed`` and
 ``max_episode_steps`` (``tests/test_pixels.py`` exercises them with a fake renderer).
 
 Rendering: OGBench renders each step with MuJoCo; without a display that needs EGL
@@ -41,7 +41,7 @@ from torchrl.envs import EnvBase, TransformedEnv
 from torchrl.envs.transforms import CatFrames
 
 from deflow_trl.data.names import DATASET_TYPES, known_env_ids, parse_ogbench_name
-from deflow_trl.envs import OGBenchEnv
+from deflow_trl.envs import OGBenchEnv, _PrivateStream
 
 __all__ = ["VisualOGBenchEnv", "make_pixel_env", "visual_env_id", "ensure_headless_gl", "FRAME_SHAPE"]
 
@@ -147,7 +147,7 @@ class VisualOGBenchEnv(OGBenchEnv):
         self._env = gym_env
         spec = getattr(gym_env, "spec", None)
         self.max_episode_steps = max_episode_steps or getattr(spec, "max_episode_steps", None)
-        self._np_global_state = np.random.RandomState(0).get_state()
+        self._np_rng = _PrivateStream(0)
         self._pending_seed: int | None = None
         self.observation_spec = Composite(
             observation=Bounded(0, 255, shape=self.frame_shape, dtype=torch.uint8, device=device),

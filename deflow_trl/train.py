@@ -32,6 +32,7 @@ if __name__ == "__main__":  # `python -m deflow_trl.train` without the app extra
 
     check_app_extra("python -m deflow_trl.train")
 
+import functools
 import logging
 import math
 import os
@@ -140,7 +141,7 @@ def prepare_dataset(cfg: DictConfig) -> TensorDict:
             stem, cfg.data.generate_episodes, dataset_dir=cfg.data.dataset_dir,
             workers=cfg.data.generate_workers, seed=cfg.seed, progress=cfg.progress,
         )
-    return load_ogbench_dataset(cfg.dataset, cfg.data.dataset_dir, download=cfg.data.download)
+    return load_ogbench_dataset(cfg.dataset, cfg.data.dataset_dir, download=cfg.data.download, cache=cfg.data.cache)
 
 
 # ----------------------------------------------------------------------------- logging
@@ -190,6 +191,8 @@ def run(cfg: DictConfig, run_dir: str) -> dict:
     if header is None and (cfg.data.generate_if_missing or cfg.data.download):
         check_writable(cfg.data.dataset_dir or default_dataset_dir(), "data.dataset_dir")
     device = resolve_device(cfg.device)
+    if is_pixels(cfg) and cfg.logger.get("video", False):
+        raise ConfigError("logger.video records state-based suites; a pixel suite's observations are its frames already")
     if is_pixels(cfg) and cfg.online_steps > 0:
         raise ConfigError("online_steps > 0 is not supported for pixel suites yet (the frame-stack buffer cannot grow)")
     eval_env = make_eval_env(cfg, cfg.seed)  # built, never stepped, before any work
@@ -306,7 +309,15 @@ def _train(cfg: DictConfig, run_dir: str, device: torch.device, eval_env, lock) 
             return saved["path"]
 
         def run_eval() -> dict:
-            result = evaluate(policy, eval_env, cfg.eval_episodes, seed=cfg.seed, progress=False)
+            # eval_envs > 1: a batched copy of the env is built (and closed) per evaluation
+            envs = cfg.get("eval_envs", 1)
+            env = eval_env if envs == 1 else functools.partial(make_eval_env, cfg, cfg.seed)
+            result = evaluate(policy, env, cfg.eval_episodes, seed=cfg.seed, progress=False, num_envs=envs,
+                              parallel=cfg.get("eval_parallel", False))
+            if cfg.logger.get("video", False):  # episode 0 again, rendered, into the CSV logger's videos/
+                from deflow_trl.evaluation import record_episode
+
+                record_episode(policy, cfg.dataset, metrics.loggers[0], seed=cfg.seed, step=step)
             return {"success_rate": result["success_rate"], "return_mean": result["return_mean"],
                     "length_mean": result["length_mean"], "step": step}
 

@@ -11,6 +11,16 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
     torch.set_num_threads(1)
 
+# The app's dataset cache (data.cache=true) goes to a per-session temporary root, never the user's
+# ~/.cache: every test dataset lives in its own tmp dir, so each would add a cache entry there.
+if "DEFLOW_OGBENCH_CACHE" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["DEFLOW_OGBENCH_CACHE"] = tempfile.mkdtemp(prefix="deflow_test_cache_")
+    atexit.register(shutil.rmtree, os.environ["DEFLOW_OGBENCH_CACHE"], ignore_errors=True)  # xdist workers inherit it
+
 # Tiny but real: OGBench's scripted oracles, a few short episodes (seconds to make).
 TINY_EPISODES = 3
 TINY_LENGTH = 50

@@ -82,3 +82,133 @@ def test_bad_arguments():
         evaluate(_const(), CUBE, num_episodes=0)
     with pytest.raises(ValueError, match="Unknown OGBench single-task env"):
         evaluate(_const(), "cube-single-v0", num_episodes=1)
+
+
+class _SeededGoalEnv(EnvBase):
+    """Toy env: a goal drawn at reset from ``seed``; reward -|a - goal|, success (and the end) within 0.6.
+
+    Returns are continuous functions of the actions, so two runs agree only if every episode saw
+    the same goal and the same policy noise."""
+
+    def __init__(self, horizon=6):
+        super().__init__(batch_size=torch.Size([]))
+        self.horizon, self.max_episode_steps = horizon, horizon
+        self.observation_spec = Composite(observation=Unbounded(shape=(3,)),
+                                          success=Categorical(2, shape=(1,), dtype=torch.bool))
+        self.action_spec = Bounded(-1.0, 1.0, shape=(2,))
+        self.reward_spec = Unbounded(shape=(1,))
+        self.rng = torch.Generator().manual_seed(0)
+
+    def _reset(self, td=None, seed=None, **kw):
+        if seed is not None:
+            self.rng.manual_seed(seed)
+        self.goal, self.t = torch.rand(2, generator=self.rng) * 2 - 1, 0
+        f = torch.zeros(1, dtype=torch.bool)
+        return TensorDict(observation=torch.cat([self.goal, torch.zeros(1)]), success=f, done=f,
+                          terminated=f.clone(), truncated=f.clone())
+
+    def _step(self, td):
+        self.t += 1
+        dist = (td["action"] - self.goal).norm()
+        success = bool(dist < 0.6)
+        end = self.t >= self.horizon
+        return TensorDict(observation=torch.cat([self.goal, torch.full((1,), float(self.t))]), reward=-dist.reshape(1),
+                          success=torch.tensor([success]), terminated=torch.tensor([success]),
+                          truncated=torch.tensor([end and not success]), done=torch.tensor([end or success]))
+
+    def _set_seed(self, seed):
+        self.rng.manual_seed(seed)
+
+
+def _tiny_deflow(obs_dim, act_dim, **kw):
+    from deflow_trl import make_deflow
+
+    torch.manual_seed(0)
+    return make_deflow(obs_dim, act_dim, hidden_sizes=(16, 16), **kw)[0]
+
+
+@pytest.mark.parametrize("sampling", ["plain", "best_of_n"])
+def test_batched_equals_sequential_with_a_deflow_actor(sampling):
+    """The same episodes whether run one at a time or 3 (or 8, more than episodes) at once on a SerialEnv."""
+    policy = _tiny_deflow(3, 2, sampling=sampling, num_samples=4)
+    assert policy.noise_key is None
+    runs = {n: evaluate(policy, _SeededGoalEnv, num_episodes=7, seed=5, progress=False, num_envs=n)
+            for n in (1, 3, 8)}
+    assert policy.noise_key is None  # the key lent for the evaluation is given back
+    seq = runs[1]
+    assert len(set(seq["lengths"])) > 1 and 0 < seq["success_rate"] < 1  # episodes differ: a real comparison
+    assert len(set(seq["returns"])) == 7
+    for n in (3, 8):
+        assert runs[n]["successes"] == seq["successes"] and runs[n]["lengths"] == seq["lengths"]
+        # equal to float32 round-off: a batched matmul sums in another order than a single row's
+        torch.testing.assert_close(torch.tensor(runs[n]["returns"]), torch.tensor(seq["returns"]), atol=1e-5, rtol=0)
+    exact = evaluate(policy, _SeededGoalEnv, num_episodes=7, seed=5, progress=False, num_envs=3, batch_invariant=True)
+    assert exact == seq  # one policy call per env: bit for bit the sequential episodes
+    other = evaluate(policy, _SeededGoalEnv, num_episodes=7, seed=6, progress=False)
+    assert max(abs(a - b) for a, b in zip(other["returns"], seq["returns"])) > 0.1
+
+
+def test_policy_without_noise_key_uses_the_global_rng():
+    """A plain module: reproducible for a fixed batching, the caller's RNG untouched."""
+    policy = TensorDictModule(lambda obs: torch.rand(*obs.shape[:-1], 2) * 2 - 1, ["observation"], ["action"])
+    before = torch.get_rng_state()
+    a = evaluate(policy, _SeededGoalEnv, num_episodes=4, seed=1, progress=False, num_envs=2)
+    b = evaluate(policy, _SeededGoalEnv, num_episodes=4, seed=1, progress=False, num_envs=2)
+    assert a == b and torch.equal(torch.get_rng_state(), before)
+
+
+@pytest.mark.slow
+def test_batched_equals_sequential_on_ogbench():
+    """cube-single through make_ogbench_env: sequential vs SerialEnv, a DeFlow actor with its noise key."""
+    policy = _tiny_deflow(28, 5)
+    policy.noise_key = "x0"  # an actor built with its own noise key keeps it
+    seen = {}
+
+    def record(module, args):  # the states each call saw, to compare trajectories and not only counts
+        seen.setdefault(args[0].batch_dims, []).append(args[0]["observation"].reshape(-1, 28).clone())
+
+    policy.register_forward_pre_hook(record)
+    seq = evaluate(policy, CUBE, num_episodes=3, seed=0, progress=False, max_steps=12)
+    bat = evaluate(policy, CUBE, num_episodes=3, seed=0, progress=False, max_steps=12, num_envs=2)
+    exact = evaluate(policy, CUBE, num_episodes=3, seed=0, progress=False, max_steps=12, num_envs=2,
+                     batch_invariant=True)
+    assert seq == bat == exact and seq["lengths"] == [12, 12, 12]
+    first_seq = torch.cat(seen[0][:12])  # episode 0, sequential
+    first_bat = torch.cat([s[0:1] for s in seen[1][:12]])  # episode 0 ran in env slot 0
+    assert (first_seq[1:] - first_seq[:-1]).abs().max() > 1e-3  # the arm moved
+    torch.testing.assert_close(first_seq, first_bat, atol=1e-4, rtol=0)  # float32 round-off of batched matmuls
+
+
+def test_batched_arguments():
+    policy = _const(dim=2)
+    with pytest.raises(ValueError, match="needs a batched env"):
+        evaluate(policy, _SeededGoalEnv(), num_episodes=2, num_envs=2)
+    with pytest.raises(ValueError, match="num_envs"):
+        evaluate(policy, _SeededGoalEnv, num_episodes=2, num_envs=0)
+    with pytest.raises(TypeError, match="env_or_name"):
+        evaluate(policy, 3, num_episodes=2)
+    from torchrl.envs import SerialEnv
+
+    bare = SerialEnv(2, _SeededGoalEnv)
+    with pytest.raises(ValueError, match="RewardSum"):
+        evaluate(policy, bare, num_episodes=2)
+    bare.close(raise_if_closed=False)
+
+
+@pytest.mark.slow
+def test_record_episode_writes_a_video(tmp_path):
+    """Two steps of cube-single rendered (software EGL here) into a CSVLogger's videos folder."""
+    from torchrl.record.loggers import CSVLogger
+
+    from deflow_trl.evaluation import record_episode
+
+    policy = _tiny_deflow(28, 5)
+    logger = CSVLogger(exp_name="metrics", log_dir=str(tmp_path))
+    out = record_episode(policy, CUBE, logger, seed=0, episode=1, step=7, max_steps=2, size=32)
+    assert out["length"] == 2 and out["frames"] == 3  # the reset frame and one per step
+    videos = list((tmp_path / "metrics" / "videos").iterdir())
+    assert [v.name for v in videos] == ["evaluation_7.pt"]
+    frames = torch.load(videos[0])
+    assert frames.shape == (1, 3, 3, 32, 32) and frames.dtype == torch.uint8 and frames.float().std() > 1
+    replay = evaluate(policy, CUBE, num_episodes=2, seed=0, progress=False, max_steps=2)
+    assert out["return"] == replay["returns"][1]

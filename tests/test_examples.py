@@ -23,7 +23,7 @@ def test_readme_leads_with_the_two_commands_and_ci_runs_the_test_one():
     first_block = re.search(r"```bash\n(.*?)```", README, re.S).group(1)
     commands = [line for line in first_block.splitlines() if line and not line.startswith("#")]
     assert commands == [
-        "pip install torch==2.13.0 -e . && python -m deflow_trl.train +experiment=quick",
+        'pip install torch==2.13.0 -e ".[app]" && python -m deflow_trl.train +experiment=quick',  # the app extra
         'pip install torch==2.13.0 -e ".[dev]" && python -m pytest -q',
     ]
     ci = open(os.path.join(ROOT, ".ci", "run")).read()

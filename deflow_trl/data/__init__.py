@@ -10,18 +10,52 @@
 * :func:`make_pixel_replay_buffer`, :func:`load_visual_dataset` — ``visual-*`` (pixel) datasets: uint8
   frames stored once, 3-frame stacks and random-crop augmentation at sampling time (:mod:`deflow_trl.data.pixels`).
 """
-from deflow_trl.data.generate import generate_dataset
-from deflow_trl.data.names import OGBenchName, parse_ogbench_name
-from deflow_trl.data.pixels import load_visual_dataset, make_pixel_replay_buffer
-from deflow_trl.data.ogbench import (
-    ACTION_CLIP,
-    load_ogbench_dataset,
-    make_ogbench_replay_buffer,
-    ogbench_dataset_path,
-    prioritized_replay_available,
-    replay_buffer_from_transitions,
-)
-from deflow_trl.data.ogbench_replay import OGBenchExperienceReplay
+from typing import TYPE_CHECKING, Any
+
+# The names below are imported on first use (module ``__getattr__``), not with the package: otherwise
+# `python -m deflow_trl.data.generate` would find its module already imported by the package (runpy warns).
+_LAZY = {
+    "generate_dataset": "deflow_trl.data.generate",
+    "OGBenchName": "deflow_trl.data.names",
+    "parse_ogbench_name": "deflow_trl.data.names",
+    "load_visual_dataset": "deflow_trl.data.pixels",
+    "make_pixel_replay_buffer": "deflow_trl.data.pixels",
+    "ACTION_CLIP": "deflow_trl.data.ogbench",
+    "load_ogbench_dataset": "deflow_trl.data.ogbench",
+    "make_ogbench_replay_buffer": "deflow_trl.data.ogbench",
+    "ogbench_dataset_path": "deflow_trl.data.ogbench",
+    "prioritized_replay_available": "deflow_trl.data.ogbench",
+    "replay_buffer_from_transitions": "deflow_trl.data.ogbench",
+    "OGBenchExperienceReplay": "deflow_trl.data.ogbench_replay",
+}
+
+if TYPE_CHECKING:
+    from deflow_trl.data.generate import generate_dataset
+    from deflow_trl.data.names import OGBenchName, parse_ogbench_name
+    from deflow_trl.data.ogbench import (
+        ACTION_CLIP,
+        load_ogbench_dataset,
+        make_ogbench_replay_buffer,
+        ogbench_dataset_path,
+        prioritized_replay_available,
+        replay_buffer_from_transitions,
+    )
+    from deflow_trl.data.ogbench_replay import OGBenchExperienceReplay
+    from deflow_trl.data.pixels import load_visual_dataset, make_pixel_replay_buffer
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'deflow_trl.data' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def _register() -> None:

@@ -407,6 +407,10 @@ def _generate(file_stem, base_env_id, num_episodes, train_path, val_path, *, wor
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``python -m deflow_trl.data.generate`` / ``deflow-generate`` (``--help`` lists the arguments)."""
+    from deflow_trl.cli import quiet_app
+
+    quiet_app()  # the app's process only: headless GL, no gymnasium/absl/GLFW noise (workers inherit it)
     p = argparse.ArgumentParser(
         prog="python -m deflow_trl.data.generate", description=__doc__.split("\n\n")[0],
         epilog="Pixel datasets (visual-cube-*, visual-scene, visual-puzzle-*): every step renders a 64x64 frame "
