@@ -36,6 +36,11 @@ stderr; ``--json`` writes all of it (runs, rows, suites, warnings),
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # `python -m deflow_trl.summarize` without the app extra: one line, not a traceback
+    from deflow_trl.cli import check_app_extra
+
+    check_app_extra("python -m deflow_trl.summarize")
+
 import argparse
 import json
 import os

@@ -66,7 +66,8 @@ def test_core_works_without_the_app_extra(tmp_path):
         except ImportError as err:
             print("LAZY:", err)
         from deflow_trl.cli import train
-        for entry in (train, lambda: runpy.run_module("deflow_trl.train", run_name="__main__")):
+        modules = ["deflow_trl.train", "deflow_trl.data.generate", "deflow_trl.data.iav_cli", "deflow_trl.summarize"]
+        for entry in [train] + [lambda m=m: runpy.run_module(m, run_name="__main__") for m in modules]:
             try:
                 entry()
             except SystemExit as stop:
@@ -77,13 +78,12 @@ def test_core_works_without_the_app_extra(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "CORE-OK ['loss_actor', 'loss_alpha', 'loss_flow', 'loss_qvalue']" in proc.stdout
     assert "LAZY: deflow_trl.propose_delta needs scipy, which is not installed: pip install 'deflow_trl[app]'" in proc.stdout
-    assert proc.stdout.count("EXIT 1") == 2  # deflow-train and python -m deflow_trl.train
+    assert proc.stdout.count("EXIT 1") == 5  # deflow-train and the four `python -m` apps
+    missing = "needs ogbench, hydra-core, matplotlib, tqdm, scipy, which are not installed: pip install 'deflow_trl[app]'"
     errors = proc.stderr.strip().splitlines()
-    assert errors == [
-        "[deflow_trl] error: deflow-train needs ogbench, hydra-core, matplotlib, tqdm, scipy, which are not "
-        "installed: pip install 'deflow_trl[app]'",
-        "[deflow_trl] error: python -m deflow_trl.train needs ogbench, hydra-core, matplotlib, tqdm, scipy, which "
-        "are not installed: pip install 'deflow_trl[app]'",
+    assert errors == [f"[deflow_trl] error: deflow-train {missing}"] + [
+        f"[deflow_trl] error: python -m {m} {missing}"
+        for m in ("deflow_trl.train", "deflow_trl.data.generate", "deflow_trl.data.iav_cli", "deflow_trl.summarize")
     ], proc.stderr[-3000:]
 
 

@@ -44,6 +44,11 @@ Examples:
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # `python -m deflow_trl.data.generate` without the app extra: one line, not a traceback
+    from deflow_trl.cli import check_app_extra
+
+    check_app_extra("python -m deflow_trl.data.generate")
+
 import argparse
 import multiprocessing as mp
 import os

@@ -23,6 +23,11 @@ Examples:
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # `python -m deflow_trl.data.iav_cli` without the app extra: one line, not a traceback
+    from deflow_trl.cli import check_app_extra
+
+    check_app_extra("python -m deflow_trl.data.iav_cli")
+
 import argparse
 import json
 
