@@ -112,6 +112,26 @@ def save_checkpoint(directory: str, step: int, state: dict, keep: int = 3) -> st
     return path
 
 
+def _load(path: str, map_location="cpu") -> dict:
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(state, dict) or "step" not in state:
+        raise ValueError("not a training checkpoint (no 'step')")
+    return state
+
+
+def load_checkpoint(path: str, map_location="cpu") -> dict:
+    """One checkpoint file written by :func:`save_checkpoint` (``weights_only`` loading).
+
+    Raises :class:`~deflow_trl.errors.CheckpointError` naming the file when it cannot be
+    read or is not a training checkpoint.
+    """
+    try:
+        return _load(path, map_location)
+    except Exception as err:
+        reason = str(err).splitlines()[0] if str(err) else ""
+        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(err).__name__}: {reason})") from None
+
+
 def load_latest_checkpoint(
     directory: str, map_location="cpu", *, move_corrupt: bool = False,
 ) -> tuple[dict, str] | None:
@@ -129,9 +149,7 @@ def load_latest_checkpoint(
     bad = []
     for _, path in reversed(files):
         try:
-            state = torch.load(path, map_location=map_location, weights_only=True)
-            if not isinstance(state, dict) or "step" not in state:
-                raise ValueError("not a training checkpoint (no 'step')")
+            state = _load(path, map_location)
         except Exception as err:
             reason = str(err).splitlines()[0] if str(err) else ""
             moved = ""

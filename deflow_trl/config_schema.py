@@ -142,6 +142,7 @@ class TrainSchema:
     keep_checkpoints: int = 3
     resume: Any = "auto"
     overwrite: bool = False
+    init_from: Optional[str] = None
     device: str = "cpu"
     compile_update: bool = True
     progress: bool = True

@@ -36,13 +36,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from deflow_trl.errors import ConfigError
 
-__all__ = ["check_writable", "has_metrics", "check_resume", "clear_record", "write_record", "truncate_metrics",
-           "RECORD"]
+__all__ = ["check_writable", "has_metrics", "check_resume", "load_init_checkpoint", "copy_metrics", "clear_record",
+           "write_record", "truncate_metrics", "RECORD"]
 
 # What overwrite=true clears (the lock file stays: another process may be about to lock it).
 RECORD = (".hydra", "metrics", "checkpoints", "buffer", "tb", "wandb", "train.log", "learning_curve.png")
 # Settings a checkpoint must have been trained with to be resumed (besides data.dataset_dir).
 RESUME_KEYS = ("agent", "dataset", "seed", "batch_size")
+# What a run started with ``init_from`` must share with its source checkpoint (the networks and the task).
+INIT_KEYS = ("agent", "dataset")
 
 
 def check_writable(path: str, what: str) -> None:
@@ -110,6 +112,54 @@ def check_resume(cfg: DictConfig, run_dir: str, found: tuple[dict, str] | None) 
             "resume with the same settings, pass overwrite=true to start afresh, or use another hydra.run.dir"
         )
     return True
+
+
+def load_init_checkpoint(cfg: DictConfig) -> tuple[dict, str, str | None]:
+    """``init_from=``: the checkpoint a *new* run starts from, as ``(state, path, source run dir or None)``.
+
+    ``init_from`` is a checkpoint file or a run directory (its newest valid checkpoint). The
+    source is another run's: nothing in it is moved or written. Its agent and dataset must be
+    this command's (otherwise one ``ConfigError`` naming them); seed, batch size, step budgets,
+    ``online.*`` and the data directory may differ. Nothing is written here.
+    """
+    from deflow_trl.checkpoint import load_checkpoint, load_latest_checkpoint
+
+    source = os.path.abspath(os.path.expanduser(str(cfg.init_from)))
+    if os.path.isdir(source):
+        ckpt_dir = os.path.join(source, "checkpoints") if os.path.isdir(os.path.join(source, "checkpoints")) else source
+        found = load_latest_checkpoint(ckpt_dir)
+        if found is None:
+            raise ConfigError(f"init_from={source}: {ckpt_dir} holds no checkpoint (ckpt_*.pt)")
+        state, path = found
+    elif os.path.isfile(source):
+        state, path = load_checkpoint(source), source
+    else:
+        raise ConfigError(f"init_from={source}: no such checkpoint file or run directory")
+    saved, now = state.get("config", {}), OmegaConf.to_container(cfg, resolve=True)
+    changed = [k for k in INIT_KEYS if k in saved and saved[k] != now[k]]
+    if changed:
+        raise ConfigError(f"init_from={path} was trained with a different {' and '.join(changed)} than this command; "
+                          "start from a checkpoint of the same agent and dataset")
+    parent = os.path.dirname(path)
+    run_dir = os.path.dirname(parent) if os.path.basename(parent) == "checkpoints" else None
+    return state, path, run_dir
+
+
+def copy_metrics(source_run: str, run_dir: str, step: int) -> int:
+    """Copies ``source_run``'s metric rows logged at or before ``step`` into ``run_dir`` (which has none),
+    so a run started with ``init_from`` shows its history from step 0. Returns the number of files."""
+    copied = 0
+    root = os.path.join(source_run, "metrics")
+    for path in glob.glob(os.path.join(root, "scalars", "**", "*.csv"), recursive=True):
+        with open(path) as f:
+            keep = [line for line in f if _row_step(line) is not None and _row_step(line) <= step]
+        if keep:
+            dest = os.path.join(run_dir, "metrics", os.path.relpath(path, root))
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            with open(dest, "w") as f:
+                f.writelines(keep)
+            copied += 1
+    return copied
 
 
 def clear_record(run_dir: str) -> list[str]:

@@ -55,7 +55,8 @@ from deflow_trl.data import replay_buffer_from_transitions
 from deflow_trl.errors import ConfigError, debug_requested, one_line
 from deflow_trl.agents import agent_kind, build_agent, trains_flow_only
 from deflow_trl.sweep_report import clear_failed, mark_failed, report_failed_jobs
-from deflow_trl.rundir import check_resume, check_writable, clear_record, truncate_metrics, write_record
+from deflow_trl.rundir import (check_resume, check_writable, clear_record, copy_metrics, load_init_checkpoint,
+                               truncate_metrics, write_record)
 from deflow_trl.runlock import run_dir_lock
 from deflow_trl.signals import GracefulStop
 from deflow_trl.update import make_update
@@ -217,6 +218,9 @@ def _train(cfg: DictConfig, run_dir: str, device: torch.device, eval_env, lock) 
         ckpt_dir = os.path.join(run_dir, "checkpoints")
         found = None if cfg.get("overwrite", False) else load_latest_checkpoint(ckpt_dir, move_corrupt=True)
         resuming = check_resume(cfg, run_dir, found)
+        # init_from: a new run starting from another run's checkpoint (e.g. online arms branching from one
+        # offline run); once this run has its own checkpoint, it resumes from that and init_from is unused.
+        init = load_init_checkpoint(cfg) if cfg.get("init_from") and not resuming else None
         torch.manual_seed(cfg.seed)
 
         # Data: the dataset is the replay buffer's initial content (pixels: a frame-stack buffer, built below).
@@ -243,8 +247,9 @@ def _train(cfg: DictConfig, run_dir: str, device: torch.device, eval_env, lock) 
 
         step = 0
         online = {"episodes": 0, "successes": 0}  # online counters, checkpointed with the rest
-        if resuming:
-            state, path = found
+        state = None
+        if resuming or init:
+            state, path = found if resuming else init[:2]
             try:
                 loss.load_state_dict(state["loss"])
                 optimizer.load_state_dict(state["optimizer"])
@@ -253,7 +258,8 @@ def _train(cfg: DictConfig, run_dir: str, device: torch.device, eval_env, lock) 
                     f"the checkpoint {path} does not match this configuration (another agent or network size?): "
                     f"{str(err).splitlines()[0]}; use another hydra.run.dir"
                 ) from None
-            set_rng_state(state["rng"])
+            if resuming or state.get("config", {}).get("seed") == cfg.seed:
+                set_rng_state(state["rng"])  # same seed: a branch continues exactly as its source would
             step = int(state["step"])
             online.update({k: int(v) for k, v in state.get("online_counters", {}).items()})
 
@@ -272,7 +278,11 @@ def _train(cfg: DictConfig, run_dir: str, device: torch.device, eval_env, lock) 
         file_log.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
         logging.getLogger().addHandler(file_log)
         if resuming:
-            log.info("resumed from %s at step %d", path, step)
+            log.info("resumed from %s at step %d%s", path, step, " (init_from unused)" if cfg.get("init_from") else "")
+        elif init:
+            copied = copy_metrics(init[2], run_dir, step) if init[2] else 0
+            log.info("started from %s at step %d (init_from; %d metric files of its run copied up to that step)",
+                     path, step, copied)
 
         # Room for every online step: nothing is evicted, and the online part is buffer[num_offline:].
         # A memmap buffer is scratch owned by this (locked) run: rebuilt from the data at every start.
@@ -291,7 +301,7 @@ def _train(cfg: DictConfig, run_dir: str, device: torch.device, eval_env, lock) 
                 data, cfg.batch_size, capacity=num_offline + cfg.online_steps, storage=cfg.data.storage,
                 scratch_dir=scratch,
             )
-        if resuming and state.get("online_data") is not None:
+        if state is not None and state.get("online_data") is not None:
             buffer.extend(TensorDict.from_dict(state["online_data"], batch_dims=1))
 
         metrics = Metrics(cfg, run_dir)

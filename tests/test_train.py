@@ -62,6 +62,41 @@ def test_resume_continues_exactly(tiny_ogbench_dir, tmp_path):
     assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
 
 
+def test_init_from_branches_a_new_run_that_continues_exactly_as_its_source(tiny_ogbench_dir, tmp_path):
+    """init_from: a new run directory starts from another run's checkpoint (weights, optimiser, step, RNG);
+    with the same settings it ends bit-identical to the source run, with the source's history up to the branch."""
+    common = ["offline_steps=10", "eval_interval=5", "log_interval=5", "save_interval=5"]
+    source = tmp_path / "source"
+    run(config(tiny_ogbench_dir, *common), str(source))
+    before = sorted(os.listdir(source / "checkpoints"))
+    branch = tmp_path / "branch"
+    torch.manual_seed(1234)  # scrambled: the branch must take the source's RNG state
+    run(config(tiny_ogbench_dir, *common, f"init_from={source}/checkpoints/ckpt_000000005.pt"), str(branch))
+    assert sorted(os.listdir(source / "checkpoints")) == before  # the source is only read
+    a, _ = load_latest_checkpoint(str(source / "checkpoints"))
+    b, _ = load_latest_checkpoint(str(branch / "checkpoints"))
+    assert a["step"] == b["step"] == 10 and sorted(os.listdir(branch / "checkpoints")) == ["ckpt_000000010.pt"]
+    for key, value in a["loss"].items():
+        assert torch.equal(value, b["loss"][key]), key
+    for name in ("train/loss_qvalue", "eval/success_rate"):
+        (sa, va), (sb, vb) = read_scalar(str(source), name), read_scalar(str(branch), name)
+        assert sa.tolist() == sb.tolist() == [5, 10] and np.array_equal(va, vb), name
+    # Rerunning the branch resumes its own checkpoint; init_from is then unused.
+    run(config(tiny_ogbench_dir, *common[1:], "offline_steps=12", f"init_from={source}"), str(branch))
+    assert load_latest_checkpoint(str(branch / "checkpoints"))[0]["step"] == 12
+
+
+def test_init_from_refuses_another_agent_or_a_missing_source(tiny_ogbench_dir, tmp_path):
+    run(config(tiny_ogbench_dir, "offline_steps=2", "save_interval=2", "eval_interval=100"), str(tmp_path / "source"))
+    for overrides, match in ((["agent.hidden_sizes=[16]"], "different agent"),
+                             (["env=puzzle_3x3"], "different agent and dataset"),  # δ, γ come with the suite
+                             ([], "no such checkpoint file or run directory")):
+        source = tmp_path / ("source" if overrides else "missing")
+        with pytest.raises(ConfigError, match=match):
+            run(config(tiny_ogbench_dir, "offline_steps=4", f"init_from={source}", *overrides), str(tmp_path / "new"))
+        assert not (tmp_path / "new" / "metrics").exists() and not (tmp_path / "new" / ".hydra").exists()
+
+
 @pytest.mark.slow
 def test_compiled_update_and_sampler_in_the_app(tiny_ogbench_dir, tmp_path):
     """The defaults of a full run: compiled update step, compiled policy sampler."""
