@@ -10,7 +10,9 @@
 The run directory (``runs/<agent>/<dataset>/seed<seed>`` by default) holds the
 resolved config (``.hydra/``), ``metrics/scalars/*.csv`` (TorchRL's
 ``CSVLogger``), ``checkpoints/``, ``train.log`` and ``learning_curve.png``. Running the same
-command again resumes from the latest checkpoint (``resume=auto``).
+command again resumes from the latest checkpoint (``resume=auto``); ``init_from=<checkpoint or
+run dir>`` starts a *new* run directory from another run's checkpoint (e.g. online arms
+branching from one offline run; :func:`deflow_trl.rundir.load_init_checkpoint`).
 
 Runs survive people and clusters: one process per run directory (an OS lock,
 :mod:`deflow_trl.runlock`); the record is written only after every check passed
