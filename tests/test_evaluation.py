@@ -212,3 +212,13 @@ def test_record_episode_writes_a_video(tmp_path):
     assert frames.shape == (1, 3, 3, 32, 32) and frames.dtype == torch.uint8 and frames.float().std() > 1
     replay = evaluate(policy, CUBE, num_episodes=2, seed=0, progress=False, max_steps=2)
     assert out["return"] == replay["returns"][1]
+
+
+@pytest.mark.slow
+def test_parallel_env_evaluation_equals_sequential():
+    """eval_parallel=true (a ParallelEnv, one worker process per env) gives the sequential episodes exactly."""
+    policy = _tiny_deflow(28, 5)
+    seq = evaluate(policy, CUBE, num_episodes=3, seed=0, progress=False, max_steps=12)
+    par = evaluate(policy, CUBE, num_episodes=3, seed=0, progress=False, max_steps=12, num_envs=2, parallel=True,
+                   batch_invariant=True)
+    assert par == seq and par["lengths"] == [12, 12, 12]
