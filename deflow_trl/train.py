@@ -333,19 +333,33 @@ def _train(cfg: DictConfig, run_dir: str, device: torch.device, eval_env, lock) 
             return {"success_rate": result["success_rate"], "return_mean": result["return_mean"],
                     "length_mean": result["length_mean"], "step": step}
 
+        # Training throughput between log points, evaluation and checkpoint time left out.
+        clock = {"t": time.perf_counter(), "step": step, "paused": 0.0}
+
         def maybe_log_eval_save(out):
             nonlocal last_eval
             if step % cfg.log_interval == 0 or step == total:
                 values = {f"train/{k}": v.item() for k, v in out.items()}
+                now = time.perf_counter()
+                busy = now - clock["t"] - clock["paused"]
+                if step > clock["step"] and busy > 0:  # sampling + update (+ env step online) per second
+                    values["time/steps_per_s"] = (step - clock["step"]) / busy
+                clock.update(t=now, step=step, paused=0.0)
                 metrics.log(values, step)
                 bar.set_postfix({k: f"{out[k].item():.3g}" for k in ("loss_qvalue", "loss_flow", "divergence", "alpha", "distill")
                                  if k in out.keys()})
             if step % cfg.eval_interval == 0 or step == total:
+                t0 = time.perf_counter()
                 last_eval = run_eval()
-                metrics.log({f"eval/{k}": last_eval[k] for k in ("success_rate", "return_mean", "length_mean")}, step)
+                seconds = time.perf_counter() - t0
+                clock["paused"] += seconds
+                metrics.log({**{f"eval/{k}": last_eval[k] for k in ("success_rate", "return_mean", "length_mean")},
+                             "time/eval_seconds": seconds}, step)
                 tqdm.write(f"step {step}: success rate {100 * last_eval['success_rate']:.1f}% over {cfg.eval_episodes} episodes")
             if step % cfg.save_interval == 0 or step == total:
+                t0 = time.perf_counter()
                 save()
+                clock["paused"] += time.perf_counter() - t0
 
         bar = tqdm(total=total, initial=step, desc=f"{cfg.agent.name} {cfg.dataset}", disable=not cfg.progress, dynamic_ncols=True)
         start = time.perf_counter()

@@ -34,6 +34,10 @@ def test_run_writes_metrics_checkpoints_and_plot(tiny_ogbench_dir, tmp_path):
     assert steps.tolist() == [6, 12]
     steps, values = read_scalar(str(tmp_path), "train/loss_qvalue")
     assert steps.tolist() == [3, 6, 9, 12] and torch.isfinite(torch.tensor(values)).all()
+    steps, rates = read_scalar(str(tmp_path), "time/steps_per_s")  # throughput, evaluation time left out
+    assert steps.tolist() == [3, 6, 9, 12] and (rates > 0).all() and np.isfinite(rates).all()
+    steps, seconds = read_scalar(str(tmp_path), "time/eval_seconds")
+    assert steps.tolist() == [6, 12] and (seconds > 0).all()
     ckpts = sorted(os.listdir(tmp_path / "checkpoints"))
     assert ckpts == ["ckpt_000000008.pt", "ckpt_000000012.pt"]  # keep the last K=2
     state = torch.load(tmp_path / "checkpoints" / ckpts[-1], weights_only=True)
