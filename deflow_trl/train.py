@@ -215,6 +215,7 @@ def _train(cfg: DictConfig, run_dir: str, device: torch.device, eval_env, lock) 
 
     recorded = False
     file_log: logging.Handler | None = None
+    batched: dict = {}  # eval_envs > 1: the batched evaluation env (building one costs ≈ 1 s per env)
     scratch = os.path.join(run_dir, "buffer")
     try:
         ckpt_dir = os.path.join(run_dir, "checkpoints")
@@ -321,11 +322,14 @@ def _train(cfg: DictConfig, run_dir: str, device: torch.device, eval_env, lock) 
             return saved["path"]
 
         def run_eval() -> dict:
-            # eval_envs > 1: a batched copy of the env is built (and closed) per evaluation
             envs = cfg.get("eval_envs", 1)
-            env = eval_env if envs == 1 else functools.partial(make_eval_env, cfg, cfg.seed)
-            result = evaluate(policy, env, cfg.eval_episodes, seed=cfg.seed, progress=False, num_envs=envs,
-                              parallel=cfg.get("eval_parallel", False))
+            if envs > 1 and "env" not in batched:  # built at the first evaluation, reused, closed with the run
+                from deflow_trl.envs import make_batched_env
+
+                batched["env"] = make_batched_env(functools.partial(make_eval_env, cfg, cfg.seed), envs,
+                                                  parallel=cfg.get("eval_parallel", False))
+            env = eval_env if envs == 1 else batched["env"]
+            result = evaluate(policy, env, cfg.eval_episodes, seed=cfg.seed, progress=False, num_envs=envs)
             if cfg.logger.get("video", False):  # episode 0 again, rendered, into the CSV logger's videos/
                 from deflow_trl.evaluation import record_episode
 
@@ -427,6 +431,8 @@ def _train(cfg: DictConfig, run_dir: str, device: torch.device, eval_env, lock) 
             file_log.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, line, None, None))
         raise
     finally:
+        if "env" in batched:
+            batched["env"].close(raise_if_closed=False)
         if file_log is not None:
             logging.getLogger().removeHandler(file_log)
             file_log.close()

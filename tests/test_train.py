@@ -139,6 +139,26 @@ def test_bad_configs_fail_before_any_work(tiny_ogbench_dir, tmp_path, overrides,
     assert not (tmp_path / "metrics").exists() and not (tmp_path / "checkpoints").exists()
 
 
+def test_batched_evaluation_env_is_built_once_and_closed(tiny_ogbench_dir, tmp_path, monkeypatch):
+    """eval_envs > 1: one batched env for all of the run's evaluations (building one costs ≈ 2 s per env),
+    closed when the run ends."""
+    import deflow_trl.envs
+
+    built = []
+    real = deflow_trl.envs.make_batched_env
+
+    def counting(*args, **kwargs):
+        built.append(real(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(deflow_trl.envs, "make_batched_env", counting)
+    cfg = config(tiny_ogbench_dir, "offline_steps=4", "eval_interval=2", "eval_envs=2", "eval_episodes=2",
+                 "log_interval=2", "save_interval=100")
+    run(cfg, str(tmp_path))
+    steps, _ = read_scalar(str(tmp_path), "eval/success_rate")
+    assert steps.tolist() == [2, 4] and len(built) == 1 and built[0].is_closed
+
+
 def test_offline_to_online_adds_transitions_to_the_buffer(tiny_ogbench_dir, tmp_path):
     cfg = config(
         tiny_ogbench_dir, "offline_steps=4", "online_steps=12", "eval_interval=100", "log_interval=4",
