@@ -75,7 +75,7 @@ class AgentSchema:
     num_samples: int = 10
     refine_iterations: int = 5
     backend: str = "auto"
-    bf16_solves: bool = False
+    bf16_solves: Any = False  # true | false | auto (checked in _check_agent)
 
 
 @dataclass
@@ -245,6 +245,8 @@ def _check_agent(a: DictConfig) -> None:
             raise ConfigError(f"agent.refine=false (flow BC) acts with sampling=plain only, got {a.sampling!r}")
     if "backend" in a and a.backend not in BACKENDS:
         raise ConfigError(f"agent.backend must be one of {', '.join(BACKENDS)}, got {a.backend!r}")
+    if "bf16_solves" in a and not (isinstance(a.bf16_solves, bool) or a.bf16_solves == "auto"):
+        raise ConfigError(f"agent.bf16_solves must be true, false or auto, got {a.bf16_solves!r}")
 
 
 def check_config(cfg: DictConfig) -> None:

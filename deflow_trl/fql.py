@@ -28,6 +28,7 @@ from tensordict.nn import dispatch
 
 from deflow_trl.actor import DeFlowActor
 from deflow_trl.loss import FlowCriticLoss
+from deflow_trl.hardware import resolve_bf16_solves
 from deflow_trl.make import build_networks
 from deflow_trl.nets import DEFAULT_HIDDEN, Refiner, VelocityField
 
@@ -170,7 +171,7 @@ def make_fql(
     alpha: float = 10.0,  # distillation weight α: per suite (deflow_trl/configs/env/*.yaml fql_alpha)
     normalize_q_loss: bool = False,  # FQL's published runs: off
     freeze_flow: bool = False,  # keep the behaviour flow fixed (online fine-tuning)
-    bf16_solves: bool = False,  # the distillation target's solve under bf16 autocast (native-bf16 hardware only)
+    bf16_solves: bool | str = False,  # the distillation target's solve under bf16 autocast; "auto": only where bf16 is native
     backend: str = "eager",  # sampler backend of the flow (the policy itself is one MLP call)
     reduction: str = "mean",  # loss reduction: "mean" | "sum" | "none"
     encoder=None,  # None (flat obs), "impala_small" (pixels) or a factory; one encoder per network
@@ -179,6 +180,7 @@ def make_fql(
 ) -> tuple[FQLActor, FQLLoss]:
     """FQL's networks, policy and loss with the reference defaults; keyword
     names as the Hydra agent config (``deflow_trl/configs/agent/fql.yaml``)."""
+    bf16_solves = resolve_bf16_solves(bf16_solves, device)
     velocity, onestep, critic = build_networks(
         observation_dim, action_dim, hidden_sizes, num_critics, OneStepPolicy, encoder=encoder,
         bf16_solves=bf16_solves, device=device,

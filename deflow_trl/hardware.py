@@ -121,6 +121,22 @@ def cpu_description(cpuinfo: str | None = None) -> str:
             f"{' '.join(present) or 'no flags read'}; native bf16: {'yes' if native else 'no'}")
 
 
+def resolve_bf16_solves(value, device: torch.device | str | None = None) -> bool:
+    """The loss's ``bf16_solves`` setting as a bool: ``True``/``False`` as given, ``"auto"``
+    = :func:`native_bf16` of ``device`` (CPU when None); anything else is a ``ValueError``.
+
+    >>> resolve_bf16_solves(False), resolve_bf16_solves(True)
+    (False, True)
+    >>> resolve_bf16_solves("auto") == native_bf16("cpu")
+    True
+    """
+    if isinstance(value, bool):
+        return value
+    if value == "auto":
+        return native_bf16(device if device is not None else "cpu")
+    raise ValueError(f"bf16_solves must be true, false or 'auto', got {value!r}")
+
+
 _warned: set[tuple[str, str]] = set()
 
 

@@ -244,3 +244,20 @@ def test_compile_matches_eager_and_reads_live_weights():
     assert rel_err(comp(obs, noise), eager(obs, noise)) <= FP32_RTOL  # no stale captured weights
     obs9, noise9 = inputs(9, seed=3, device=DEVICE)
     assert rel_err(comp(obs9, noise9), eager(obs9, noise9)) <= FP32_RTOL
+
+
+def test_bf16_solves_auto_follows_the_hardware(fake_cpu):
+    """bf16_solves="auto" turns the loss's bf16 solves on only where bf16 is native, without a warning;
+    a value other than true/false/auto is refused."""
+    from deflow_trl import make_deflow
+    from deflow_trl.fql import make_fql
+
+    for cpuinfo, native in ((CPUINFO_ZEN3, False), (CPUINFO_SPR, True)):
+        fake_cpu(cpuinfo)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # auto never warns
+            _, loss = make_deflow(4, 2, hidden_sizes=(8,), bf16_solves="auto")
+            _, fql_loss = make_fql(4, 2, hidden_sizes=(8,), bf16_solves="auto")
+        assert loss.bf16_solves is native and fql_loss.bf16_solves is native
+    with pytest.raises(ValueError, match="bf16_solves must be true, false or 'auto'"):
+        make_deflow(4, 2, hidden_sizes=(8,), bf16_solves="yes")

@@ -42,8 +42,9 @@ def test_quick_experiment_is_the_method_on_a_pinned_task_and_the_readme_says_so(
         full = compose("train")
     assert quick.task == 1 and quick.dataset == "cube-single-play-singletask-task1-v0"  # pinned, not env.default_task
     for key in ("num_flow_steps", "solver", "num_critics", "lr", "tau", "discount", "target_divergence",
-                "q_agg", "normalize_q_loss", "init_log_alpha", "sampling", "refine", "bf16_solves"):
+                "q_agg", "normalize_q_loss", "init_log_alpha", "sampling", "refine"):
         assert quick.agent[key] == full.agent[key], key
+    assert quick.agent.bf16_solves == "auto" and full.agent.bf16_solves is False  # a precision setting: native only
     assert quick.batch_size == full.batch_size and quick.online_steps == 0
     assert quick.eval_episodes >= 20 and quick.offline_steps % quick.eval_interval == 0
     paragraph = README.split("**What the quick run shows, and what it cannot.**")[1].split("\n\n")[0]

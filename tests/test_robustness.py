@@ -264,6 +264,7 @@ def test_refusal_in_a_fresh_directory_leaves_nothing(tiny_ogbench_dir, tmp_path)
         ("agent.num_critics=0", "num_critics"),
         ("agent.sampling=best", "sampling"),
         ("agent.backend=fastest", "backend"),
+        ("agent.bf16_solves=maybe", "bf16_solves"),
         ("data.storage=disk", "data.storage"),
         ("device=tpu", "device"),
         ("seed=-1", "seed"),
