@@ -23,15 +23,14 @@ Example (core only):
 """
 from typing import TYPE_CHECKING, Any
 
-from deflow_trl.actor import DeFlowActor
-from deflow_trl.fql import FQLActor, FQLLoss, OneStepPolicy, make_fql
-from deflow_trl.loss import DeFlowLoss, FlowCriticLoss
-from deflow_trl.make import make_deflow
-from deflow_trl.nets import CriticEnsemble, Refiner, VelocityField
-from deflow_trl.sampler import FlowSampler, solve_flow
-
-if TYPE_CHECKING:  # imported lazily at run time (module __getattr__ below)
+if TYPE_CHECKING:  # every public name is imported on first use (module __getattr__ below)
+    from deflow_trl.actor import DeFlowActor
+    from deflow_trl.fql import FQLActor, FQLLoss, OneStepPolicy, make_fql
     from deflow_trl.iav import intrinsic_action_variance, propose_delta
+    from deflow_trl.loss import DeFlowLoss, FlowCriticLoss
+    from deflow_trl.make import make_deflow
+    from deflow_trl.nets import CriticEnsemble, Refiner, VelocityField
+    from deflow_trl.sampler import FlowSampler, solve_flow
 
 __all__ = [
     "CriticEnsemble",
@@ -52,11 +51,21 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
-_LAZY = {"intrinsic_action_variance": "deflow_trl.iav", "propose_delta": "deflow_trl.iav"}  # scipy: app extra
+# Imported on first use, so `import deflow_trl.summarize` (CSV + matplotlib) does not pay for torch, and
+# `import deflow_trl` needs no scipy (δ from data, app extra).
+_LAZY = {
+    "DeFlowActor": "deflow_trl.actor",
+    "FQLActor": "deflow_trl.fql", "FQLLoss": "deflow_trl.fql", "OneStepPolicy": "deflow_trl.fql", "make_fql": "deflow_trl.fql",
+    "intrinsic_action_variance": "deflow_trl.iav", "propose_delta": "deflow_trl.iav",
+    "DeFlowLoss": "deflow_trl.loss", "FlowCriticLoss": "deflow_trl.loss",
+    "make_deflow": "deflow_trl.make",
+    "CriticEnsemble": "deflow_trl.nets", "Refiner": "deflow_trl.nets", "VelocityField": "deflow_trl.nets",
+    "FlowSampler": "deflow_trl.sampler", "solve_flow": "deflow_trl.sampler",
+}
 
 
 def __getattr__(name: str) -> Any:
-    """Imports the names of :data:`_LAZY` on first use, so ``import deflow_trl`` needs no scipy."""
+    """Imports the names of :data:`_LAZY` on first use."""
     if name not in _LAZY:
         raise AttributeError(f"module 'deflow_trl' has no attribute {name!r}")
     import importlib
@@ -64,6 +73,8 @@ def __getattr__(name: str) -> Any:
     try:
         value = getattr(importlib.import_module(_LAZY[name]), name)
     except ModuleNotFoundError as err:
+        if _LAZY[name] != "deflow_trl.iav":  # a core dependency is missing: not the app extra's business
+            raise
         from deflow_trl.cli import INSTALL_APP, MissingExtra
 
         package = (err.name or "a package").split(".")[0]

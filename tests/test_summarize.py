@@ -241,3 +241,15 @@ def test_paper_experiment_declares_the_protocol_sweep():
     assert cfg.hydra.sweep.dir == "runs/paper"
     assert cfg.hydra.sweep.subdir == "puzzle-3x3-play/deflow/task3/seed5"
     assert S.expected_eval_steps(cfg.offline_steps, cfg.eval_interval)[-S.LAST_EVALS:] == [800_000, 900_000, 1_000_000]
+
+
+def test_summarize_does_not_import_torch_and_the_package_names_resolve():
+    """`deflow-summarize` reads CSVs: importing it must not pay for torch (≈ 5 s); the package's public
+    names are imported on first use and all resolve."""
+    import subprocess
+    import sys
+
+    code = ("import sys, deflow_trl, deflow_trl.summarize; assert 'torch' not in sys.modules, 'torch imported'; "
+            "assert all(getattr(deflow_trl, n) for n in deflow_trl.__all__); print('ok')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
