@@ -3,7 +3,7 @@
 One update = loss forward + backward + Adam step + Polyak target update
 (:class:`deflow_trl.update.Updater`), on a fixed random batch, at the
 reference sizes (obs 28, act 5, 4×512 MLPs, K = 10, 2 critics, batch 256) and
-a small configuration (2×64). Reports the median over repeats, the compile time
+a small configuration (2×64) and the README main run's (2×256, `--config quick`). Reports the median over repeats, the compile time
 separately, the GEMM FLOPs per update (counted from the layer sizes, checked
 against ``torch.utils.flop_counter``), the achieved GFLOP/s and the machine's
 fp32/bf16 ``torch.matmul`` rate measured in the same run, and, for bf16 solves,
@@ -44,7 +44,7 @@ from deflow_trl.hardware import cpu_description
 from deflow_trl.update import Updater
 
 OBS_DIM, ACT_DIM, BATCH, NUM_STEPS, NUM_CRITICS = 28, 5, 256, 10, 2
-CONFIGS = {"reference": (512, 512, 512, 512), "small": (64, 64)}
+CONFIGS = {"reference": (512, 512, 512, 512), "small": (64, 64), "quick": (256, 256)}  # quick: the README's main run
 
 
 # -- FLOPs -------------------------------------------------------------------
@@ -263,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         flops = update_flops(OBS_DIM, ACT_DIM, hidden, BATCH)
         flops["counted (torch FlopCounterMode)"] = counted_flops(make_updater(hidden, compile=False, device=device), batch)
         flops_by_config[name] = flops
-        small = hidden == CONFIGS["small"]
+        small = name in ("small", "quick")  # cheap enough for more steps and a compiled run under --quick
         steps = (10 if args.quick else 20) if small else 3
         if device.type == "cuda":
             steps = 20 if args.quick else 50
