@@ -1,12 +1,20 @@
-"""Stop a training loop cleanly on Ctrl-C, SIGTERM or SIGUSR1.
+"""Stop a training loop cleanly on Ctrl-C, SIGTERM, SIGUSR1 or SIGUSR2.
 
 Inside :class:`GracefulStop` the first SIGINT (Ctrl-C), SIGTERM (``kill``,
-SLURM's preemption and time limit) or SIGUSR1 (SLURM's ``--signal=USR1@<s>``
-warning) only sets :attr:`GracefulStop.signum`: the loop finishes the current
-update, writes a checkpoint and exits with a line saying how to resume. A second
-SIGINT exits at once (exit status 130) with one line; checkpoints are written
-atomically, so even that loses at most the steps since the last one. Outside the
-context the previous handlers are back.
+SLURM's preemption and time limit), SIGUSR1 (SLURM's ``--signal=USR1@<s>``
+warning) or SIGUSR2 (submitit's warning before preemption or the time limit,
+its default ``SUBMITIT_PREEMPT_SIGNAL``) only sets :attr:`GracefulStop.signum`:
+the loop finishes the current update, writes a checkpoint and exits with a line
+saying how to resume. A second SIGINT exits at once (exit status 130) with one
+line; checkpoints are written atomically, so even that loses at most the steps
+since the last one. Outside the context the previous handlers are back.
+
+Hand-over: when the signal that stopped the loop had a Python handler before
+the context (submitit's requeue-and-exit handler inside a
+``hydra/launcher=submitit_slurm`` job, or a host program's own), that handler is
+called once the context exits — after the loop's checkpoint — so the launcher
+still requeues the job and the requeued job resumes with nothing lost.
+Python's default Ctrl-C handler (``KeyboardInterrupt``) is not called.
 
 Python runs signal handlers in the main thread between bytecodes, so an update
 step (C++ kernels) always completes; a long evaluation completes before the loop
@@ -29,7 +37,7 @@ import threading
 
 __all__ = ["GracefulStop", "STOP_SIGNALS"]
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
 class GracefulStop:
@@ -74,7 +82,13 @@ class GracefulStop:
         return self
 
     def __exit__(self, *exc) -> None:
+        previous = self._previous.get(self.signum) if self.signum is not None else None
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous.clear()
         self.active = False
+        if callable(previous) and previous is not signal.default_int_handler:
+            sys.stderr.write(f"[deflow_trl] passing {self.name} on to the handler installed before training "
+                             f"({getattr(previous, '__qualname__', previous)!s})\n")
+            sys.stderr.flush()
+            previous(self.signum, None)  # e.g. submitit: requeue the job, then exit

@@ -16,8 +16,8 @@ branching from one offline run; :func:`deflow_trl.rundir.load_init_checkpoint`).
 
 Runs survive people and clusters: one process per run directory (an OS lock,
 :mod:`deflow_trl.runlock`); the record is written only after every check passed
-(:mod:`deflow_trl.rundir`; a refused launch changes nothing); Ctrl-C, SIGTERM and
-SIGUSR1 finish the update, save a checkpoint and print the resume command
+(:mod:`deflow_trl.rundir`; a refused launch changes nothing); Ctrl-C, SIGTERM,
+SIGUSR1 and SIGUSR2 finish the update, save a checkpoint and print the resume command
 (:mod:`deflow_trl.signals`); a corrupt newest checkpoint is moved aside and the one
 before it resumed. Known errors are one line (:mod:`deflow_trl.errors`; ``debug=true``
 or ``DEFLOW_DEBUG=1`` for tracebacks); in a ``-m`` sweep a failed job is listed at
@@ -68,7 +68,7 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
 
 class TrainingStopped(Exception):
-    """A stop signal (Ctrl-C, SIGTERM, SIGUSR1) ended the run after a checkpoint at ``step``."""
+    """A stop signal (Ctrl-C, SIGTERM, SIGUSR1, SIGUSR2) ended the run after a checkpoint at ``step``."""
 
     def __init__(self, signal_name: str, exit_code: int, step: int, checkpoint: str):
         super().__init__(f"{signal_name}: stopped at step {step}, checkpoint {checkpoint}")
@@ -368,7 +368,7 @@ def _train(cfg: DictConfig, run_dir: str, device: torch.device, eval_env, lock) 
         bar = tqdm(total=total, initial=step, desc=f"{cfg.agent.name} {cfg.dataset}", disable=not cfg.progress, dynamic_ncols=True)
         start = time.perf_counter()
 
-        with GracefulStop() as stop:  # Ctrl-C / SIGTERM / SIGUSR1: finish the update, save, stop
+        with GracefulStop() as stop:  # Ctrl-C / SIGTERM / SIGUSR1 / SIGUSR2: finish the update, save, stop
             # Offline: gradient steps on the buffer.
             while step < cfg.offline_steps and not stop.requested:
                 out = update(buffer.sample().to(device))

@@ -172,6 +172,61 @@ def test_stop_signal_finishes_the_update_and_checkpoints(tiny_ogbench_dir, tmp_p
     assert _csv_steps(str(tmp_path)) == [1, 2, 3, 4, 5]
 
 
+def test_stop_signal_is_passed_on_to_the_handler_installed_before():
+    """submitit's case: its SIGUSR2 handler (requeue, then exit) runs once the loop has stopped, not before;
+    Python's default Ctrl-C handler is never called."""
+    from deflow_trl.signals import GracefulStop
+
+    calls = []
+    before = signal.signal(signal.SIGUSR2, lambda signum, frame: calls.append(signum))
+    try:
+        with GracefulStop() as stop:
+            os.kill(os.getpid(), signal.SIGUSR2)
+            assert stop.requested and stop.name == "SIGUSR2" and calls == []  # the loop saves first
+        assert calls == [signal.SIGUSR2]
+        with GracefulStop():
+            os.kill(os.getpid(), signal.SIGINT)  # previous: default_int_handler, not called (no KeyboardInterrupt)
+        with GracefulStop():
+            pass  # no signal: nothing passed on
+        assert calls == [signal.SIGUSR2]
+    finally:
+        signal.signal(signal.SIGUSR2, before)
+
+
+@pytest.mark.slow
+def test_submitit_style_sigusr2_saves_then_requeues(tiny_ogbench_dir, tmp_path, monkeypatch):
+    """A run inside a launcher that handles SIGUSR2 (submitit): the update finishes, the checkpoint is written,
+    then the launcher's handler runs (here it records the saved step and exits as submitit does)."""
+    import deflow_trl.train as train
+
+    real, seen = train.make_update, []
+
+    def make_update(*args, **kwargs):
+        update, calls = real(*args, **kwargs), []
+
+        def wrapped(batch):
+            calls.append(1)
+            if len(calls) == 3:
+                os.kill(os.getpid(), signal.SIGUSR2)
+            return update(batch)
+        return wrapped
+
+    def launcher_handler(signum, frame):
+        seen.append(load_latest_checkpoint(str(tmp_path / "checkpoints"))[0]["step"])
+        raise SystemExit(-1)  # submitit: requeue, then exit
+
+    monkeypatch.setattr(train, "make_update", make_update)
+    before = signal.signal(signal.SIGUSR2, launcher_handler)
+    try:
+        with pytest.raises(SystemExit):
+            run(config(tiny_ogbench_dir, "offline_steps=50", "save_interval=1000", "eval_interval=1000",
+                       "log_interval=1"), str(tmp_path))
+        assert signal.getsignal(signal.SIGUSR2) is launcher_handler  # restored
+    finally:
+        signal.signal(signal.SIGUSR2, before)
+    assert seen == [3] and _csv_steps(str(tmp_path)) == [1, 2, 3]
+
+
 @pytest.mark.slow
 def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
     lock_path = str(tmp_path / ".lock")
