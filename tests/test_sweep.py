@@ -135,3 +135,40 @@ def test_an_unknown_launcher_is_one_clear_message():
     msg = str(err.value)
     assert "Could not find 'hydra/launcher/ray'" in msg
     assert all(name in msg for name in ("basic", "joblib", "submitit_local", "submitit_slurm"))  # what to use instead
+
+
+@pytest.mark.slow
+def test_submitit_preemption_signal_saves_then_requeues_and_the_job_resumes(tiny_ogbench_dir, tmp_path):
+    """SIGUSR2 (submitit's preemption / time-limit warning) to a running submitit_local job: the run saves a
+    checkpoint at that step (no periodic one exists: save_interval > steps), submitit requeues the job, the
+    requeued job resumes at exactly that step and finishes; the sweep ends with status 0."""
+    sweep, steps = tmp_path / "usr2", 400
+    cmd = [a if a != "task=1,2" else "task=1" for a in sweep_command(
+        sweep, tiny_ogbench_dir, "submitit_local", "hydra.launcher.timeout_min=10", f"offline_steps={steps}",
+        f"eval_interval={steps}", "save_interval=100000", "log_interval=10")]
+    run = run_dir(sweep, 1)
+    launcher = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV, start_new_session=True)
+    try:
+        deadline, pid = time.time() + 180, None
+        while pid is None:  # the job's pid (its run lock names it) once it has logged a few updates
+            assert launcher.poll() is None, launcher.stderr.read().decode()[-3000:]
+            assert time.time() < deadline, "the job did not start training within 180 s"
+            time.sleep(0.2)
+            try:
+                logged = open(os.path.join(run, "metrics", "scalars", "train", "loss_qvalue.csv")).read().split()
+                lock = dict(line.split("=", 1) for line in open(os.path.join(run, ".lock")).read().split("\n") if "=" in line)
+            except (FileNotFoundError, ValueError):
+                continue
+            if len(logged) >= 2 and "pid" in lock:
+                pid = int(lock["pid"])
+        os.kill(pid, signal.SIGUSR2)
+        launcher.wait(timeout=240)
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait()
+    assert launcher.returncode == 0, launcher.stderr.read().decode()[-3000:]
+    log = open(os.path.join(run, "train.log")).read()
+    resumed = [int(m) for m in re.findall(r"resumed from \S+ at step (\d+)", log)]
+    assert len(resumed) == 1 and 20 <= resumed[0] < steps, log[-3000:]  # the step the signal stopped at
+    assert _checkpoint_step(os.path.join(run, "checkpoints")) == steps
