@@ -78,7 +78,7 @@ def main() -> None:
     if run_dir is None:
         sys.exit(f"no result line in the output:\n{done.stdout[-2000:]}")
     run_dir = run_dir.group(1)
-    log = open(os.path.join(run_dir, "train.log")).read()
+    log = done.stderr + done.stdout  # the app's console log (data generation precedes the run's train.log)
     stamps = re.findall(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+\]\[[^]]+\]\[INFO\] - (.*)", log)
     regen = [t for t, m in stamps if "regenerating" in m]
     cached = [t for t, m in stamps if "cached" in m or "using the cache" in m]
