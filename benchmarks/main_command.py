@@ -15,7 +15,6 @@ Compare numbers only within one machine class; the JSON names the CPU.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import re
@@ -33,14 +32,6 @@ def timed(cmd: list[str], **kwargs) -> tuple[float, subprocess.CompletedProcess]
     return time.perf_counter() - start, done
 
 
-def scalar(run_dir: str, name: str) -> list[tuple[int, float]]:
-    path = os.path.join(run_dir, "metrics", "scalars", f"{name}.csv")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [(int(float(step)), float(value)) for step, value in csv.reader(f) if step]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", help="write the results here")
@@ -51,6 +42,11 @@ def main() -> None:
 
     sys.path.insert(0, ROOT)
     from deflow_trl.hardware import cpu_description
+    from deflow_trl.plot import read_scalar
+
+    def scalar(name: str) -> list[tuple[int, float]]:
+        steps, values = read_scalar(run_dir, name)
+        return list(zip(steps.tolist(), values.tolist()))
 
     work = args.workdir or tempfile.mkdtemp(prefix="deflow_main_command_")
     clone, home = os.path.join(work, "clone"), os.path.join(work, "home")
@@ -85,9 +81,9 @@ def main() -> None:
     if regen and cached:
         parse = lambda t: time.mktime(time.strptime(t, "%Y-%m-%d %H:%M:%S"))  # noqa: E731
         result["data_s"] = parse(cached[0]) - parse(regen[0])
-    result["success_pct"] = {step: 100 * v for step, v in scalar(run_dir, "eval/success_rate")}
-    result["eval_s"] = {step: round(v, 1) for step, v in scalar(run_dir, "time/eval_seconds")}
-    rates = sorted(v for _, v in scalar(run_dir, "time/steps_per_s"))
+    result["success_pct"] = {step: 100 * v for step, v in scalar("eval/success_rate")}
+    result["eval_s"] = {step: round(v, 1) for step, v in scalar("time/eval_seconds")}
+    rates = sorted(v for _, v in scalar("time/steps_per_s"))
     result["steps_per_s_median"] = round(rates[len(rates) // 2], 1) if rates else None
 
     print(f"machine: {result['cpu']}\ncommit {result['commit'][:10]}, overrides {args.override or 'none'}\n")

@@ -245,8 +245,13 @@ def _check_agent(a: DictConfig) -> None:
             raise ConfigError(f"agent.refine=false (flow BC) acts with sampling=plain only, got {a.sampling!r}")
     if "backend" in a and a.backend not in BACKENDS:
         raise ConfigError(f"agent.backend must be one of {', '.join(BACKENDS)}, got {a.backend!r}")
-    if "bf16_solves" in a and not (isinstance(a.bf16_solves, bool) or a.bf16_solves == "auto"):
-        raise ConfigError(f"agent.bf16_solves must be true, false or auto, got {a.bf16_solves!r}")
+    if "bf16_solves" in a:
+        from deflow_trl.hardware import resolve_bf16_solves  # the one place that knows the accepted values
+
+        try:
+            resolve_bf16_solves(a.bf16_solves)
+        except ValueError as err:
+            raise ConfigError(f"agent.{err}") from None
 
 
 def check_config(cfg: DictConfig) -> None:
