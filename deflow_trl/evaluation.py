@@ -313,15 +313,33 @@ def _run_batched(env, noisy: _EpisodeNoise, num_episodes, seed, max_steps, done_
     return episodes
 
 
+def mp4_writer_error() -> str | None:
+    """Why TorchRL's ``CSVLogger`` cannot write ``.mp4`` here (None when it can).
+
+    It encodes with torchcodec's ``VideoEncoder``; the package may be absent, or installed but
+    unloadable (its libraries need FFmpeg and a matching torch build: ``OSError`` on import).
+    Probing the import is the only reliable test: the package's presence is not enough.
+    """
+    try:
+        from torchcodec.encoders import VideoEncoder  # noqa: F401
+    except Exception as err:  # ImportError, or OSError/RuntimeError from its native libraries
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        return f"torchcodec cannot be imported ({type(err).__name__}: {first})"
+    return None
+
+
 def _mp4_or_pt(logger) -> None:
-    """A ``CSVLogger`` set to mp4 (``get_logger("csv")`` does) without torchcodec installed: save ``.pt``."""
-    import importlib.util
+    """A ``CSVLogger`` set to mp4 (``get_logger("csv")`` does) that cannot write mp4 here: save ``.pt``."""
     import logging
 
     experiment = getattr(logger, "experiment", None)
-    if getattr(experiment, "video_format", None) == "mp4" and importlib.util.find_spec("torchcodec") is None:
-        logging.getLogger(__name__).warning("torchcodec is not installed (pip install 'torchcodec>=0.10'): "
-                                            "the evaluation video is saved as a uint8 tensor (.pt) instead of .mp4")
+    if getattr(experiment, "video_format", None) != "mp4":
+        return
+    why = mp4_writer_error()
+    if why is not None:
+        logging.getLogger(__name__).warning(
+            "%s; the evaluation video is saved as a uint8 tensor (.pt) instead of .mp4 "
+            "(for mp4: pip install 'torchcodec>=0.10' with FFmpeg's libraries present)", why)
         experiment.video_format = "pt"
 
 
@@ -342,7 +360,7 @@ def record_episode(
     The env is :func:`~deflow_trl.envs.make_ogbench_env` with ``render()`` frames of
     ``size × size`` (TorchRL's ``PixelRenderTransform``) recorded by TorchRL's ``VideoRecorder``
     into ``logger`` (any TorchRL logger: ``CSVLogger`` writes ``<exp>/videos/<tag>_<step>.mp4``, or
-    ``.pt`` — a ``[1, T, 3, H, W]`` uint8 tensor — when set so or when torchcodec is not installed).
+    ``.pt`` — a ``[1, T, 3, H, W]`` uint8 tensor — when set so or when torchcodec cannot be imported).
     The same env seed and policy noise as the evaluation give the same trajectory for a
     policy with ``noise_key`` (module doc). Returns the episode's ``success``, ``return``,
     ``length`` and ``frames`` (reset frame included).

@@ -214,6 +214,34 @@ def test_record_episode_writes_a_video(tmp_path):
     assert out["return"] == replay["returns"][1]
 
 
+def test_video_falls_back_to_pt_when_torchcodec_is_installed_but_unloadable(tmp_path, monkeypatch, caplog):
+    """A torchcodec whose native library does not load (the case on this project's CPU machines) must not
+    crash the first evaluation with video: the CSVLogger is switched to .pt with one warning naming why."""
+    import sys
+
+    from torchrl.record.loggers import CSVLogger
+
+    from deflow_trl.evaluation import _mp4_or_pt, mp4_writer_error
+
+    fake = tmp_path / "site" / "torchcodec"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "encoders.py").write_text("raise OSError('Could not load this library: libtorchcodec_core.so')\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    for name in [m for m in sys.modules if m == "torchcodec" or m.startswith("torchcodec.")]:
+        monkeypatch.delitem(sys.modules, name)
+    assert "OSError: Could not load this library" in mp4_writer_error()
+    logger = CSVLogger(exp_name="metrics", log_dir=str(tmp_path), video_format="mp4")
+    with caplog.at_level("WARNING"):
+        _mp4_or_pt(logger)
+    assert logger.experiment.video_format == "pt"
+    assert "torchcodec cannot be imported (OSError" in caplog.text and ".pt" in caplog.text
+    logger.experiment.video_format = "pt"  # a logger already set to .pt is left alone, without a warning
+    caplog.clear()
+    _mp4_or_pt(logger)
+    assert logger.experiment.video_format == "pt" and not caplog.text
+
+
 @pytest.mark.slow
 def test_parallel_env_evaluation_equals_sequential():
     """eval_parallel=true (a ParallelEnv, one worker process per env) gives the sequential episodes exactly."""
