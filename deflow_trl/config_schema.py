@@ -137,6 +137,7 @@ class TrainSchema:
     eval_episodes: int = 50
     eval_envs: int = 1
     eval_parallel: bool = False
+    eval_async: bool = False
     log_interval: int = 5000
     save_interval: int = 50_000
     keep_checkpoints: int = 3

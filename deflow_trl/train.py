@@ -34,7 +34,6 @@ if __name__ == "__main__":  # `python -m deflow_trl.train` without the app extra
 
     check_app_extra("python -m deflow_trl.train")
 
-import functools
 import logging
 import math
 import os
@@ -196,6 +195,8 @@ def run(cfg: DictConfig, run_dir: str) -> dict:
     device = resolve_device(cfg.device)
     if is_pixels(cfg) and cfg.logger.get("video", False):
         raise ConfigError("logger.video records state-based suites; a pixel suite's observations are its frames already")
+    if cfg.get("eval_async", False) and cfg.logger.get("video", False):
+        raise ConfigError("logger.video records in the training process: use eval_async=false with it")
     if is_pixels(cfg) and cfg.online_steps > 0:
         raise ConfigError("online_steps > 0 is not supported for pixel suites yet (the frame-stack buffer cannot grow)")
     eval_env = make_eval_env(cfg, cfg.seed)  # built, never stepped, before any work
@@ -210,12 +211,12 @@ def run(cfg: DictConfig, run_dir: str) -> dict:
 
 def _train(cfg: DictConfig, run_dir: str, device: torch.device, eval_env, lock) -> dict:
     """:func:`run` once the run directory is locked."""
-    from deflow_trl.evaluation import evaluate
+    from deflow_trl.evaluator import make_evaluator
     from deflow_trl.plot import plot_run
 
     recorded = False
     file_log: logging.Handler | None = None
-    batched: dict = {}  # eval_envs > 1: the batched evaluation env (building one costs ≈ 1 s per env)
+    evaluator = None
     scratch = os.path.join(run_dir, "buffer")
     try:
         ckpt_dir = os.path.join(run_dir, "checkpoints")
@@ -310,6 +311,8 @@ def _train(cfg: DictConfig, run_dir: str, device: torch.device, eval_env, lock) 
         metrics = Metrics(cfg, run_dir)
         total = cfg.offline_steps + cfg.online_steps
         last_eval: dict = {}
+        # Inline (training waits) or eval_async=true: a worker process evaluates while training goes on.
+        evaluator = make_evaluator(cfg, eval_env, obs_shape, act_dim, extra, device)
         saved = {"step": step if resuming else -1, "path": found[1] if resuming else None}
 
         def save() -> str:
@@ -317,25 +320,28 @@ def _train(cfg: DictConfig, run_dir: str, device: torch.device, eval_env, lock) 
                      "config": OmegaConf.to_container(cfg, resolve=True), "online_counters": dict(online)}
             if len(buffer) > num_offline:
                 state["online_data"] = buffer[num_offline : len(buffer)].to_dict()
+            if evaluator.pending:  # its own step's evaluation still running: a resume evaluates it again
+                state["eval_pending"] = evaluator.pending
             saved["path"] = save_checkpoint(ckpt_dir, step, state, keep=cfg.keep_checkpoints)
             saved["step"] = step
             return saved["path"]
 
-        def run_eval() -> dict:
-            envs = cfg.get("eval_envs", 1)
-            if envs > 1 and "env" not in batched:  # built at the first evaluation, reused, closed with the run
-                from deflow_trl.envs import make_batched_env
-
-                batched["env"] = make_batched_env(functools.partial(make_eval_env, cfg, cfg.seed), envs,
-                                                  parallel=cfg.get("eval_parallel", False))
-            env = eval_env if envs == 1 else batched["env"]
-            result = evaluate(policy, env, cfg.eval_episodes, seed=cfg.seed, progress=False, num_envs=envs)
+        def evaluate_now() -> None:  # inline: evaluated here; eval_async: handed to the worker
+            t0 = time.perf_counter()
+            evaluator.submit(step, policy)
             if cfg.logger.get("video", False):  # episode 0 again, rendered, into the CSV logger's videos/
                 from deflow_trl.evaluation import record_episode
 
                 record_episode(policy, cfg.dataset, metrics.loggers[0], seed=cfg.seed, step=step)
-            return {"success_rate": result["success_rate"], "return_mean": result["return_mean"],
-                    "length_mean": result["length_mean"], "step": step}
+            clock["paused"] += time.perf_counter() - t0
+
+        def log_evaluations(results) -> None:  # at the step each belongs to, in step order
+            nonlocal last_eval
+            for at, result in results:
+                metrics.log({**{f"eval/{k}": result[k] for k in ("success_rate", "return_mean", "length_mean")},
+                             "time/eval_seconds": result["seconds"]}, at)
+                tqdm.write(f"step {at}: success rate {100 * result['success_rate']:.1f}% over {cfg.eval_episodes} episodes")
+                last_eval = {**result, "step": at}
 
         # Training throughput between log points, evaluation and checkpoint time left out.
         clock = {"t": time.perf_counter(), "step": step, "paused": 0.0}
@@ -353,20 +359,20 @@ def _train(cfg: DictConfig, run_dir: str, device: torch.device, eval_env, lock) 
                 bar.set_postfix({k: f"{out[k].item():.3g}" for k in ("loss_qvalue", "loss_flow", "divergence", "alpha", "distill")
                                  if k in out.keys()})
             if step % cfg.eval_interval == 0 or step == total:
-                t0 = time.perf_counter()
-                last_eval = run_eval()
-                seconds = time.perf_counter() - t0
-                clock["paused"] += seconds
-                metrics.log({**{f"eval/{k}": last_eval[k] for k in ("success_rate", "return_mean", "length_mean")},
-                             "time/eval_seconds": seconds}, step)
-                tqdm.write(f"step {step}: success rate {100 * last_eval['success_rate']:.1f}% over {cfg.eval_episodes} episodes")
+                evaluate_now()
+            log_evaluations(evaluator.ready())
             if step % cfg.save_interval == 0 or step == total:
                 t0 = time.perf_counter()
+                # A checkpoint follows every earlier evaluation (at the last step, its own too: nothing is left to overlap).
+                log_evaluations(evaluator.wait(before=step + 1 if step == total else step))
                 save()
                 clock["paused"] += time.perf_counter() - t0
 
         bar = tqdm(total=total, initial=step, desc=f"{cfg.agent.name} {cfg.dataset}", disable=not cfg.progress, dynamic_ncols=True)
         start = time.perf_counter()
+        if resuming and step in state.get("eval_pending", ()):  # killed while evaluating the checkpoint's step
+            log.info("evaluating step %d again: its evaluation was still running when the checkpoint was written", step)
+            evaluate_now()
 
         with GracefulStop() as stop:  # Ctrl-C / SIGTERM / SIGUSR1 / SIGUSR2: finish the update, save, stop
             # Offline: gradient steps on the buffer.
@@ -407,13 +413,15 @@ def _train(cfg: DictConfig, run_dir: str, device: torch.device, eval_env, lock) 
                         break
                 collector.shutdown()
             bar.close()
+            log_evaluations(evaluator.wait())
             if stop.requested:
                 path = saved["path"] if saved["step"] == step else save()
                 log.warning("%s: stopped at step %d; checkpoint %s", stop.name, step, path)
                 raise TrainingStopped(stop.name, stop.exit_code, step, path)
 
-        if not last_eval:  # resumed a finished run: report its policy once more
-            last_eval = run_eval()
+        if not last_eval:  # resumed a finished run: report its policy once more (not logged again)
+            evaluator.submit(step, policy)
+            last_eval = {**evaluator.wait()[-1][1], "step": step}
         elapsed = time.perf_counter() - start
         png = plot_run(run_dir, target_divergence=cfg.agent.get("target_divergence")
                        if agent_kind(cfg.agent) == "deflow" and not trains_flow_only(cfg.agent) else None)
@@ -431,8 +439,8 @@ def _train(cfg: DictConfig, run_dir: str, device: torch.device, eval_env, lock) 
             file_log.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, line, None, None))
         raise
     finally:
-        if "env" in batched:
-            batched["env"].close(raise_if_closed=False)
+        if evaluator is not None:
+            evaluator.close()
         if file_log is not None:
             logging.getLogger().removeHandler(file_log)
             file_log.close()

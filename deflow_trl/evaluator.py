@@ -1,0 +1,220 @@
+"""The app's periodic evaluation, in the training process or beside it (``eval_async=true``).
+
+Both evaluators take ``submit(step, policy)`` at an evaluation step and hand results back as
+``(step, result)`` pairs from :meth:`ready` (whatever has finished) and :meth:`wait` (all of it):
+
+- :class:`InlineEvaluator` evaluates at once: training waits (the reference's protocol, and the default).
+- :class:`BackgroundEvaluator` sends a CPU copy of the policy's weights to one worker process that holds
+  its own evaluation env(s) and a policy of the same architecture, and training goes on meanwhile; each
+  result is logged at the step it belongs to when it arrives. Same weights, same env and policy seeds,
+  so the same episodes as an inline evaluation of a CPU run (a GPU run's policy is evaluated on the CPU
+  there, so float32 round-off may differ). While an evaluation runs, a CPU run trains on one thread fewer,
+  so training and evaluation do not contend for the same cores (two OpenMP threads on one busy core stall).
+
+What it buys: on a 2-core CPU an evaluation steps MuJoCo on one core and leaves the other idle; on a GPU
+machine the evaluation's env steps leave the GPU idle. ``NOTES.md`` has the measured run times.
+
+A checkpoint written while the evaluation of its own step is still running records that step
+(``eval_pending``); a run resumed from it evaluates that step again first, from the checkpoint's weights
+(the very weights the lost evaluation had), so a kill never leaves an evaluation out of the record.
+
+Examples:
+    >>> import torch
+    >>> from omegaconf import OmegaConf
+    >>> from deflow_trl.make import make_deflow
+    >>> from deflow_trl.evaluator import InlineEvaluator
+    >>> cfg = OmegaConf.create({"dataset": "cube-single-play-singletask-task1-v0", "seed": 0, "eval_episodes": 1,
+    ...                         "eval_envs": 1, "env": {"pixels": False}})
+    >>> policy, _ = make_deflow(28, 5, hidden_sizes=(8,), num_flow_steps=2)
+    >>> ev = InlineEvaluator(cfg, max_steps=3)
+    >>> ev.submit(100, policy)
+    >>> [(step, r["length_mean"]) for step, r in ev.ready()]
+    [(100, 3.0)]
+    >>> ev.close()
+"""
+from __future__ import annotations
+
+import concurrent.futures as futures
+import functools
+import multiprocessing as mp
+import os
+import signal
+import time
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+__all__ = ["InlineEvaluator", "BackgroundEvaluator", "make_evaluator"]
+
+
+class _Evaluation:
+    """The app's evaluation of one policy: its env(s) (the batched one built at first use) and the protocol."""
+
+    def __init__(self, cfg: DictConfig, env=None, max_steps: int | None = None):
+        self.cfg, self.max_steps = cfg, max_steps
+        self.num_envs = int(cfg.get("eval_envs", 1))
+        self._single, self._batched, self._own_single = env, None, env is None
+
+    def _env(self):
+        from deflow_trl.train import make_eval_env
+
+        if self.num_envs > 1:
+            if self._batched is None:  # built at the first evaluation, reused for the run (≈ 1-2 s per cube env)
+                from deflow_trl.envs import make_batched_env
+
+                self._batched = make_batched_env(functools.partial(make_eval_env, self.cfg, self.cfg.seed),
+                                                 self.num_envs, parallel=self.cfg.get("eval_parallel", False))
+            return self._batched
+        if self._single is None:
+            self._single = make_eval_env(self.cfg, self.cfg.seed)
+        return self._single
+
+    def __call__(self, policy) -> dict:
+        from deflow_trl.evaluation import evaluate
+
+        t0 = time.perf_counter()
+        result = evaluate(policy, self._env(), self.cfg.eval_episodes, seed=self.cfg.seed, progress=False,
+                          num_envs=self.num_envs, max_steps=self.max_steps)
+        return {**{k: result[k] for k in ("success_rate", "return_mean", "length_mean")},
+                "seconds": time.perf_counter() - t0}  # the evaluation's own wall time (env building included)
+
+    def close(self) -> None:
+        for env, owned in ((self._batched, True), (self._single, self._own_single)):
+            if env is not None and owned and not env.is_closed:
+                env.close()
+
+
+class InlineEvaluator:
+    """Evaluates in the training process, at once (training waits). ``env``: a built single env to reuse."""
+
+    def __init__(self, cfg: DictConfig, env=None, max_steps: int | None = None):
+        self._evaluate = _Evaluation(cfg, env, max_steps)
+        self._done: list[tuple[int, dict]] = []
+
+    def submit(self, step: int, policy) -> None:
+        self._done.append((step, self._evaluate(policy)))
+
+    def ready(self) -> list[tuple[int, dict]]:
+        done, self._done = self._done, []
+        return done
+
+    def wait(self, before: int | None = None) -> list[tuple[int, dict]]:
+        return self.ready()
+
+    @property
+    def pending(self) -> list[int]:
+        return []
+
+    def close(self) -> None:
+        self._evaluate.close()
+
+
+# ----------------------------------------------------------------------------- the worker process
+_WORKER: dict[str, Any] = {}
+
+
+def _start_worker(parent: int, cfg: dict, obs_shape, act_dim: int, extra: dict, max_steps: int | None) -> None:
+    # The trainer handles Ctrl-C / SIGTERM / SIGUSR1 / SIGUSR2 (finish, save, stop) and then shuts this
+    # process down; signals sent to the whole process group must not kill an evaluation under it.
+    for sig in ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2"):
+        if hasattr(signal, sig):
+            signal.signal(getattr(signal, sig), signal.SIG_IGN)
+    _exit_with_parent(parent)
+    torch.set_num_threads(1)
+    from deflow_trl.agents import build_agent
+    from deflow_trl.cli import quiet_app
+
+    quiet_app()
+    config = OmegaConf.create(cfg)
+    policy, _ = build_agent(config.agent, obs_shape, act_dim, torch.device("cpu"), **extra)
+    _WORKER.update(policy=policy.eval(), evaluate=_Evaluation(config, max_steps=max_steps))
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A trainer killed with SIGKILL cannot shut this process down, and an idle pool worker waits on its queue
+    forever: a daemon thread ends it once the trainer ``parent`` is gone (the worker is re-parented, so
+    ``getppid`` changes; the pid is passed in, as the trainer may die before this process has started)."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _evaluate_in_worker(step: int, weights: dict) -> tuple[int, dict]:
+    policy = _WORKER["policy"]
+    policy.load_state_dict(weights)
+    return step, _WORKER["evaluate"](policy)
+
+
+class BackgroundEvaluator:
+    """Evaluates in one worker process while training goes on (module doc).
+
+    Args:
+        cfg: the run's resolved config (agent, env, dataset, seed, eval_episodes, eval_envs).
+        obs_shape, act_dim, extra: what :func:`~deflow_trl.agents.build_agent` was given for the trainer's policy.
+        train_device: the trainer's device; on ``cpu`` it trains on one thread fewer while an evaluation runs.
+        max_steps: cap on episode length (tests); None: the env's own time limit.
+    """
+
+    def __init__(self, cfg: DictConfig, obs_shape, act_dim: int, extra: dict | None = None,
+                 train_device: torch.device | str = "cpu", max_steps: int | None = None):
+        # spawn, not fork: the trainer holds OpenMP thread pools (and maybe CUDA), which a fork does not survive.
+        self._pool = futures.ProcessPoolExecutor(
+            1, mp_context=mp.get_context("spawn"), initializer=_start_worker,
+            initargs=(os.getpid(), OmegaConf.to_container(cfg, resolve=True), obs_shape, act_dim, dict(extra or {}), max_steps))
+        self._futures: dict[int, futures.Future] = {}
+        self._threads = torch.get_num_threads()
+        self._share_cores = torch.device(train_device).type == "cpu" and self._threads > 1
+        self._pool.submit(int, 0)  # start the worker now: it imports and builds envs while training starts
+
+    @property
+    def pending(self) -> list[int]:
+        """Steps whose evaluation has not been handed back by :meth:`ready` / :meth:`wait` yet."""
+        return sorted(self._futures)
+
+    def submit(self, step: int, policy) -> None:
+        weights = {k: v.detach().to("cpu", copy=True) for k, v in policy.state_dict().items()}
+        self._futures[step] = self._pool.submit(_evaluate_in_worker, step, weights)
+        self._set_threads()
+
+    def ready(self) -> list[tuple[int, dict]]:
+        return self._collect([s for s, f in self._futures.items() if f.done()])
+
+    def wait(self, before: int | None = None) -> list[tuple[int, dict]]:
+        """Block until the evaluations of steps ``< before`` (all when None) are done; return them."""
+        return self._collect([s for s in self._futures if before is None or s < before])
+
+    def _collect(self, steps: list[int]) -> list[tuple[int, dict]]:
+        out = []
+        for step in sorted(steps):
+            try:
+                out.append(self._futures.pop(step).result())
+            except futures.process.BrokenProcessPool:
+                raise RuntimeError("the evaluation worker process died (out of memory or killed?); "
+                                   "eval_async=false evaluates in the training process") from None
+        self._set_threads()
+        return out
+
+    def _set_threads(self) -> None:
+        want = self._threads - 1 if self._futures else self._threads
+        if self._share_cores and torch.get_num_threads() != want:
+            torch.set_num_threads(want)
+
+    def close(self) -> None:
+        for f in self._futures.values():
+            f.cancel()
+        self._futures.clear()
+        self._set_threads()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def make_evaluator(cfg: DictConfig, env, obs_shape, act_dim: int, extra: dict, device: torch.device):
+    """The evaluator ``cfg.eval_async`` asks for (``env``: the trainer's built single env, reused inline)."""
+    if cfg.get("eval_async", False):
+        return BackgroundEvaluator(cfg, obs_shape, act_dim, extra, train_device=device)
+    return InlineEvaluator(cfg, env)
