@@ -6,13 +6,16 @@ Both evaluators take ``submit(step, policy)`` at an evaluation step and hand res
 - :class:`InlineEvaluator` evaluates at once: training waits (the reference's protocol, and the default).
 - :class:`BackgroundEvaluator` sends a CPU copy of the policy's weights to one worker process that holds
   its own evaluation env(s) and a policy of the same architecture, and training goes on meanwhile; each
-  result is logged at the step it belongs to when it arrives. Same weights, same env and policy seeds,
-  so the same episodes as an inline evaluation of a CPU run (a GPU run's policy is evaluated on the CPU
-  there, so float32 round-off may differ). While an evaluation runs, a CPU run trains on one thread fewer,
-  so training and evaluation do not contend for the same cores (two OpenMP threads on one busy core stall).
+  result is logged at the step it belongs to when it arrives. Same weights, same env and policy seeds:
+  the same episodes as an inline evaluation by a one-thread CPU trainer. Otherwise the policy's float32
+  round-off may differ (a GPU; or 2 threads against the worker's 1: measured 1 ulp on a batch of 10), which
+  MuJoCo can grow into another outcome, as with ``eval_envs`` (README). Training is untouched, bit for bit.
 
-What it buys: on a 2-core CPU an evaluation steps MuJoCo on one core and leaves the other idle; on a GPU
-machine the evaluation's env steps leave the GPU idle. ``NOTES.md`` has the measured run times.
+What it is for: a GPU run, whose GPU idles while an inline evaluation steps MuJoCo on the CPU, or a CPU
+machine with cores to spare. The worker runs one thread; the trainer's thread count is left alone, so on
+a CPU-only machine give the trainer one core fewer (``OMP_NUM_THREADS``). On a 2-core CPU it does not pay:
+switching the trainer between 2 and 1 threads around each evaluation was measured slower than evaluating
+inline (the compiled update recompiles per thread count and its kernels specialise on it; ``NOTES.md``).
 
 A checkpoint written while the evaluation of its own step is still running records that step
 (``eval_pending``); a run resumed from it evaluates that step again first, from the checkpoint's weights
@@ -157,19 +160,16 @@ class BackgroundEvaluator:
     Args:
         cfg: the run's resolved config (agent, env, dataset, seed, eval_episodes, eval_envs).
         obs_shape, act_dim, extra: what :func:`~deflow_trl.agents.build_agent` was given for the trainer's policy.
-        train_device: the trainer's device; on ``cpu`` it trains on one thread fewer while an evaluation runs.
         max_steps: cap on episode length (tests); None: the env's own time limit.
     """
 
     def __init__(self, cfg: DictConfig, obs_shape, act_dim: int, extra: dict | None = None,
-                 train_device: torch.device | str = "cpu", max_steps: int | None = None):
+                 max_steps: int | None = None):
         # spawn, not fork: the trainer holds OpenMP thread pools (and maybe CUDA), which a fork does not survive.
         self._pool = futures.ProcessPoolExecutor(
             1, mp_context=mp.get_context("spawn"), initializer=_start_worker,
             initargs=(os.getpid(), OmegaConf.to_container(cfg, resolve=True), obs_shape, act_dim, dict(extra or {}), max_steps))
         self._futures: dict[int, futures.Future] = {}
-        self._threads = torch.get_num_threads()
-        self._share_cores = torch.device(train_device).type == "cpu" and self._threads > 1
         self._pool.submit(int, 0)  # start the worker now: it imports and builds envs while training starts
 
     @property
@@ -180,7 +180,6 @@ class BackgroundEvaluator:
     def submit(self, step: int, policy) -> None:
         weights = {k: v.detach().to("cpu", copy=True) for k, v in policy.state_dict().items()}
         self._futures[step] = self._pool.submit(_evaluate_in_worker, step, weights)
-        self._set_threads()
 
     def ready(self) -> list[tuple[int, dict]]:
         return self._collect([s for s, f in self._futures.items() if f.done()])
@@ -197,24 +196,17 @@ class BackgroundEvaluator:
             except futures.process.BrokenProcessPool:
                 raise RuntimeError("the evaluation worker process died (out of memory or killed?); "
                                    "eval_async=false evaluates in the training process") from None
-        self._set_threads()
         return out
-
-    def _set_threads(self) -> None:
-        want = self._threads - 1 if self._futures else self._threads
-        if self._share_cores and torch.get_num_threads() != want:
-            torch.set_num_threads(want)
 
     def close(self) -> None:
         for f in self._futures.values():
             f.cancel()
         self._futures.clear()
-        self._set_threads()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def make_evaluator(cfg: DictConfig, env, obs_shape, act_dim: int, extra: dict, device: torch.device):
+def make_evaluator(cfg: DictConfig, env, obs_shape, act_dim: int, extra: dict):
     """The evaluator ``cfg.eval_async`` asks for (``env``: the trainer's built single env, reused inline)."""
     if cfg.get("eval_async", False):
-        return BackgroundEvaluator(cfg, obs_shape, act_dim, extra, train_device=device)
+        return BackgroundEvaluator(cfg, obs_shape, act_dim, extra)
     return InlineEvaluator(cfg, env)

@@ -312,7 +312,7 @@ def _train(cfg: DictConfig, run_dir: str, device: torch.device, eval_env, lock) 
         total = cfg.offline_steps + cfg.online_steps
         last_eval: dict = {}
         # Inline (training waits) or eval_async=true: a worker process evaluates while training goes on.
-        evaluator = make_evaluator(cfg, eval_env, obs_shape, act_dim, extra, device)
+        evaluator = make_evaluator(cfg, eval_env, obs_shape, act_dim, extra)
         saved = {"step": step if resuming else -1, "path": found[1] if resuming else None}
 
         def save() -> str:

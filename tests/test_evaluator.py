@@ -30,7 +30,7 @@ def test_background_evaluation_equals_inline_and_training_is_unchanged(tiny_ogbe
     inline = run(config(tiny_ogbench_dir, "offline_steps=6", "save_interval=4", *EVAL), str(tmp_path / "inline"))
     background = run(config(tiny_ogbench_dir, "offline_steps=6", "save_interval=4", "eval_async=true", *EVAL),
                      str(tmp_path / "async"))
-    assert torch.get_num_threads() == threads  # the thread given to the worker is handed back
+    assert torch.get_num_threads() == threads  # the trainer's threads are left alone
     a, b = _scalars(tmp_path / "inline"), _scalars(tmp_path / "async")
     for name in SCALARS:
         assert a[name][0].tolist() == b[name][0].tolist(), name
