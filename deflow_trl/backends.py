@@ -234,5 +234,8 @@ def compiled_unit(unit: str, precision: str, num_steps: int, solver: str, mode: 
 
         fn = _fresh_function(run, f"deflow_{unit}_{precision}_{solver}{num_steps}")
         options = None if mode is not None else CPU_INDUCTOR_OPTIONS  # torch.compile takes mode or options
+        from deflow_trl.compile_compat import unguard_tensorclass_memo
+
+        unguard_tensorclass_memo()  # tensordict's class memo must not become a guard (compile_compat)
         _compiled[key] = torch.compile(fn, fullgraph=True, dynamic=None, mode=mode, options=options)
     return _compiled[key]

@@ -87,6 +87,7 @@ from torchrl.objectives import LossModule, SoftUpdate
 from torchrl.objectives.utils import TargetNetUpdater
 
 from deflow_trl.backends import CPU_INDUCTOR_OPTIONS
+from deflow_trl.compile_compat import unguard_tensorclass_memo
 
 
 
@@ -212,7 +213,9 @@ class Updater:
         kwargs = dict(self.compile_options)
         if kwargs.get("mode") is None:  # torch.compile takes mode or options, not both
             kwargs.pop("mode", None)
-            kwargs["options"] = {**CPU_INDUCTOR_OPTIONS, **kwargs.get("options", {})}
+            if kwargs.get("backend", "inductor") == "inductor":  # the options are inductor's
+                kwargs["options"] = {**CPU_INDUCTOR_OPTIONS, **kwargs.get("options", {})}
+        unguard_tensorclass_memo()  # else every class tensordict meets later (an evaluation) recompiles the step
         fn = torch.compile(self._step, **kwargs)
         if self.cudagraphs:
             from tensordict.nn import CudaGraphModule

@@ -105,6 +105,31 @@ def test_compiled_matches_eager(tmp_path, monkeypatch):
     compiled(_batch(7))
 
 
+def test_compiled_step_is_not_recompiled_when_tensordict_meets_a_new_class():
+    """tensordict 0.14 memoises "is this class a tensorclass" in a dict that dynamo guarded by its length, so
+    the first evaluation after the first compiled update (new env classes) recompiled the whole step
+    (measured ≈ 15 s on the README's quick run; deflow_trl/compile_compat.py). Traced with dynamo's eager
+    backend: the guards are dynamo's, no inductor time."""
+    import tensordict.utils as tdu
+    from torch._dynamo.testing import CompileCounter
+
+    counter = CompileCounter()
+    updater = _setup(compile=True, compile_options={"backend": counter})
+    batch = _batch()
+    updater(batch)
+    updater(batch)
+    frames = counter.frame_count
+    assert frames >= 1
+
+    class MetByAnEvaluation:  # what eager tensordict code does with every class it has not seen yet
+        pass
+
+    tdu.is_tensorclass(MetByAnEvaluation)
+    updater(batch)
+    assert counter.frame_count == frames  # no graph traced again
+    assert tdu._is_tensorclass(MetByAnEvaluation) is False and tdu._TENSORCLASS_MEMO[MetByAnEvaluation] is False
+
+
 def test_compiled_updater_checks_the_first_batch_eagerly():
     upd = _setup(compile=True)
     bad = _batch()
