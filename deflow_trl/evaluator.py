@@ -117,10 +117,34 @@ class InlineEvaluator:
 _WORKER: dict[str, Any] = {}
 
 
+_STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2")
+
+
+class _stop_signals_ignored:
+    """Ignore the trainer's stop signals in this process for the duration (main thread only; else a no-op)."""
+
+    def __enter__(self):
+        self._saved = {}
+        for name in _STOP_SIGNALS:
+            sig = getattr(signal, name, None)
+            if sig is None:
+                continue
+            try:
+                self._saved[sig] = signal.signal(sig, signal.SIG_IGN)
+            except ValueError:  # not the main thread: signal dispositions cannot be changed here
+                break
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._saved.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+
+
 def _start_worker(parent: int, cfg: dict, obs_shape, act_dim: int, extra: dict, max_steps: int | None) -> None:
     # The trainer handles Ctrl-C / SIGTERM / SIGUSR1 / SIGUSR2 (finish, save, stop) and then shuts this
     # process down; signals sent to the whole process group must not kill an evaluation under it.
-    for sig in ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2"):
+    for sig in _STOP_SIGNALS:
         if hasattr(signal, sig):
             signal.signal(getattr(signal, sig), signal.SIG_IGN)
     _exit_with_parent(parent)
@@ -174,7 +198,11 @@ class BackgroundEvaluator:
             1, mp_context=mp.get_context("spawn"), initializer=_start_worker,
             initargs=(os.getpid(), OmegaConf.to_container(cfg, resolve=True), obs_shape, act_dim, dict(extra or {}), max_steps))
         self._futures: dict[int, futures.Future] = {}
-        self._pool.submit(int, 0)  # start the worker now: it imports and builds envs while training starts
+        # Start the worker now (it imports and builds envs while training starts), with the stop signals
+        # ignored: a child inherits ignored signals through exec and Python then installs no KeyboardInterrupt,
+        # so a Ctrl-C sent to the process group cannot kill it while it is still importing.
+        with _stop_signals_ignored():
+            self._pool.submit(int, 0)
 
     @property
     def pending(self) -> list[int]:

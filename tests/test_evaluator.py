@@ -100,3 +100,32 @@ def test_eval_async_with_video_fails_before_any_work(tiny_ogbench_dir, tmp_path)
     with pytest.raises(ConfigError, match="logger.video records in the training process"):
         run(config(tiny_ogbench_dir, "offline_steps=2", "eval_async=true", "logger.video=true"), str(tmp_path))
     assert not os.listdir(tmp_path) or set(os.listdir(tmp_path)) <= {".lock"}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc for the worker's pid")
+def test_ctrl_c_to_the_process_group_waits_for_the_evaluation_then_saves(tiny_ogbench_dir, tmp_path):
+    """Ctrl-C in a terminal reaches every process of the group: the worker ignores it and finishes the running
+    evaluation, whose result is logged before the stop checkpoint; the trainer exits 130 and the worker with it."""
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "deflow_trl.train", *TINY, f"data.dataset_dir={tiny_ogbench_dir}",
+           "offline_steps=100000", "save_interval=100000", "eval_async=true", "eval_episodes=2", "eval_interval=2",
+           "log_interval=2", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 120
+    while not read_scalar(str(run_dir), "train/loss_qvalue")[0].size:  # step 2 logged: its evaluation is running
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.time() < deadline
+        time.sleep(0.05)
+    children = _children(proc.pid)
+    os.killpg(proc.pid, signal.SIGINT)
+    stderr = proc.communicate(timeout=180)[1].decode()
+    assert proc.returncode == 130, stderr[-2000:]
+    state, _ = load_latest_checkpoint(str(run_dir / "checkpoints"))
+    evaluated, _ = read_scalar(str(run_dir), "eval/success_rate")
+    assert evaluated.size and evaluated[0] == 2 and evaluated.max() <= state["step"]  # logged, none lost
+    assert "eval_pending" not in state
+    deadline = time.time() + 30
+    while any(os.path.exists(f"/proc/{c}") and open(f"/proc/{c}/stat").read().split()[2] != "Z" for c in children):
+        assert time.time() < deadline, "the evaluation worker outlived its trainer"
+        time.sleep(0.2)
