@@ -127,7 +127,7 @@ class _stop_signals_ignored:
         self._saved = {}
         for name in _STOP_SIGNALS:
             sig = getattr(signal, name, None)
-            if sig is None:
+            if sig is None or signal.getsignal(sig) is None:  # None: set outside Python, could not be restored
                 continue
             try:
                 self._saved[sig] = signal.signal(sig, signal.SIG_IGN)
@@ -137,8 +137,7 @@ class _stop_signals_ignored:
 
     def __exit__(self, *exc):
         for sig, handler in self._saved.items():
-            if handler is not None:
-                signal.signal(sig, handler)
+            signal.signal(sig, handler)
 
 
 def _start_worker(parent: int, cfg: dict, obs_shape, act_dim: int, extra: dict, max_steps: int | None) -> None:

@@ -161,10 +161,11 @@ def test_stop_signal_finishes_the_update_and_checkpoints(tiny_ogbench_dir, tmp_p
 
     monkeypatch.setattr(train, "make_update", make_update)
     common = ["save_interval=1000", "eval_interval=1000", "log_interval=1"]
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)}
     with pytest.raises(TrainingStopped) as stopped:
         run(config(tiny_ogbench_dir, "offline_steps=50", *common), str(tmp_path))
     assert stopped.value.step == 3 and stopped.value.exit_code == 128 + signum
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert {s: signal.getsignal(s) for s in before} == before  # handlers restored to what they were
     state, _ = load_latest_checkpoint(str(tmp_path / "checkpoints"))
     assert state["step"] == 3 and _csv_steps(str(tmp_path)) == [1, 2, 3]
     monkeypatch.setattr(train, "make_update", real)
