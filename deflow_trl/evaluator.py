@@ -117,17 +117,15 @@ class InlineEvaluator:
 _WORKER: dict[str, Any] = {}
 
 
-_STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2")
-
-
 class _stop_signals_ignored:
     """Ignore the trainer's stop signals in this process for the duration (main thread only; else a no-op)."""
 
     def __enter__(self):
+        from deflow_trl.signals import STOP_SIGNALS
+
         self._saved = {}
-        for name in _STOP_SIGNALS:
-            sig = getattr(signal, name, None)
-            if sig is None or signal.getsignal(sig) is None:  # None: set outside Python, could not be restored
+        for sig in STOP_SIGNALS:
+            if signal.getsignal(sig) is None:  # None: set outside Python, could not be restored
                 continue
             try:
                 self._saved[sig] = signal.signal(sig, signal.SIG_IGN)
@@ -143,9 +141,10 @@ class _stop_signals_ignored:
 def _start_worker(parent: int, cfg: dict, obs_shape, act_dim: int, extra: dict, max_steps: int | None) -> None:
     # The trainer handles Ctrl-C / SIGTERM / SIGUSR1 / SIGUSR2 (finish, save, stop) and then shuts this
     # process down; signals sent to the whole process group must not kill an evaluation under it.
-    for sig in _STOP_SIGNALS:
-        if hasattr(signal, sig):
-            signal.signal(getattr(signal, sig), signal.SIG_IGN)
+    from deflow_trl.signals import STOP_SIGNALS
+
+    for sig in STOP_SIGNALS:  # also ignored since the spawn (inherited); set here in case that was not possible
+        signal.signal(sig, signal.SIG_IGN)
     _exit_with_parent(parent)
     torch.set_num_threads(1)
     from deflow_trl.agents import build_agent

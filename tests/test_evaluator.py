@@ -57,6 +57,14 @@ def _children(pid):
     return found
 
 
+def _wait_until_gone(pids, message, timeout=30.0):
+    """Wait until none of ``pids`` is alive (a zombie waiting for its reaper counts as gone)."""
+    deadline = time.time() + timeout
+    while any(os.path.exists(f"/proc/{p}") and open(f"/proc/{p}/stat").read().split()[2] != "Z" for p in pids):
+        assert time.time() < deadline, message
+        time.sleep(0.2)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc for the worker's pid")
 def test_sigkill_while_evaluating_resumes_and_evaluates_that_step_again(tiny_ogbench_dir, tmp_path):
@@ -80,10 +88,7 @@ def test_sigkill_while_evaluating_resumes_and_evaluates_that_step_again(tiny_ogb
     state, _ = load_latest_checkpoint(str(run_dir / "checkpoints"))
     assert state["step"] == 2 and state["eval_pending"] == [2]
     assert read_scalar(str(run_dir), "eval/success_rate")[0].tolist() == []  # step 2's result never arrived
-    deadline = time.time() + 30
-    while any(os.path.exists(f"/proc/{c}") and open(f"/proc/{c}/stat").read().split()[2] != "Z" for c in children):
-        assert time.time() < deadline, "the evaluation worker outlived its killed trainer"
-        time.sleep(0.2)
+    _wait_until_gone(children, "the evaluation worker outlived its killed trainer")
 
     rerun = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
     assert rerun.returncode == 0, rerun.stderr.decode()[-2000:]
@@ -125,7 +130,4 @@ def test_ctrl_c_to_the_process_group_waits_for_the_evaluation_then_saves(tiny_og
     evaluated, _ = read_scalar(str(run_dir), "eval/success_rate")
     assert evaluated.size and evaluated[0] == 2 and evaluated.max() <= state["step"]  # logged, none lost
     assert "eval_pending" not in state
-    deadline = time.time() + 30
-    while any(os.path.exists(f"/proc/{c}") and open(f"/proc/{c}/stat").read().split()[2] != "Z" for c in children):
-        assert time.time() < deadline, "the evaluation worker outlived its trainer"
-        time.sleep(0.2)
+    _wait_until_gone(children, "the evaluation worker outlived its trainer")
