@@ -3,7 +3,7 @@
 A DeFlow actor (2×256 by default, K = 10) on an OGBench single-task env; every
 configuration runs the same ``--episodes`` episodes with the same seed, and the script
 checks that the per-episode successes, returns and lengths are identical across them
-(:func:`deflow_trl.evaluation.evaluate`'s guarantee for actors with a noise key). Time
+(:func:`deflow_trl.envs.evaluation.evaluate`'s guarantee for actors with a noise key). Time
 includes building and closing the env (a ``ParallelEnv`` starts one Python process per
 worker); ``env_build_s`` reports that part separately.
 
@@ -45,7 +45,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from deflow_trl.envs import make_ogbench_env
-    from deflow_trl.evaluation import _make_env, evaluate
+    from deflow_trl.envs.evaluation import _make_env, evaluate
 
     probe = make_ogbench_env(args.dataset)
     obs_dim, act_dim = probe.observation_spec["observation"].shape[-1], probe.action_spec.shape[-1]

@@ -41,8 +41,8 @@ def main() -> None:
     args = parser.parse_args()
 
     sys.path.insert(0, ROOT)
+    from deflow_trl.app.plot import read_scalar
     from deflow_trl.hardware import cpu_description
-    from deflow_trl.plot import read_scalar
 
     def scalar(name: str) -> list[tuple[int, float]]:
         steps, values = read_scalar(run_dir, name)
@@ -68,7 +68,7 @@ def main() -> None:
     if done.returncode:
         sys.exit(f"the main command failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     result["command_s"] = round(seconds, 1)
-    line = [l for l in done.stdout.splitlines() if l.startswith("[deflow_trl]")]
+    line = [s for s in done.stdout.splitlines() if s.startswith("[deflow_trl]")]
     result["last_line"] = line[-1] if line else None
     run_dir = re.search(r"Curve: (\S+)/learning_curve\.png", result["last_line"] or "")
     if run_dir is None:

@@ -91,7 +91,7 @@ def gemm_rates(device: torch.device, quick: bool, width: int = 512, batches=(256
             if big and (quick or (dtype == torch.bfloat16 and not native_bf16(device))):
                 continue
             a, b = torch.randn(m, k, device=device, dtype=dtype), torch.randn(k, n, device=device, dtype=dtype)
-            _, t = time_call(lambda: a @ b, device, 5 if big else 50, 2 if big else 10, 1.0 if quick else 3.0)
+            _, t = time_call(lambda a=a, b=b: a @ b, device, 5 if big else 50, 2 if big else 10, 1.0 if quick else 3.0)
             out[f"{name} {m}x{k}x{n}"] = 2 * m * k * n / t / 1e9
     return out
 
@@ -157,7 +157,7 @@ def main() -> None:
                 obs = torch.randn(batch, OBS_DIM, generator=gen).to(device)
                 noise = torch.randn(batch, ACTION_DIM, generator=gen).to(device)
                 with torch.no_grad():
-                    first, t = time_call(lambda: call(obs, noise), device, repeats, warmup, budget)
+                    first, t = time_call(lambda call=call, obs=obs, noise=noise: call(obs, noise), device, repeats, warmup, budget)
                 row = dict(backend=label, batch=batch, latency_ms=t * 1e3, actions_per_s=batch / t,
                            gflops=flops * batch / t / 1e9, first_call_s=first)
                 if "bf16" in label:

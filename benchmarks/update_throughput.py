@@ -369,7 +369,7 @@ def pixel_benchmark(args, device) -> dict:
         rows.append({"mode": mode, "peak_memory_growth_mb": _peak_memory_mb(device) - before})
     timings = time_modes(updaters, batch, steps, repeats, device)
     print(f"CPU: {cpu_description()}")
-    print(f"\n| config | mode | batch | first call s | ms / update (median) | peak memory growth MB |")
+    print("\n| config | mode | batch | first call s | ms / update (median) | peak memory growth MB |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     for row in rows:
         row.update(timings[row["mode"]], config="pixels", batch=args.pixel_batch)

@@ -23,6 +23,8 @@ Example (core only):
 """
 from typing import TYPE_CHECKING, Any
 
+from deflow_trl.extras import INSTALL_APP, MissingExtra
+
 if TYPE_CHECKING:  # every public name is imported on first use (module __getattr__ below)
     from deflow_trl.actor import DeFlowActor
     from deflow_trl.fql import FQLActor, FQLLoss, OneStepPolicy, make_fql
@@ -51,7 +53,7 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
-# Imported on first use, so `import deflow_trl.summarize` (CSV + matplotlib) does not pay for torch, and
+# Imported on first use, so `import deflow_trl.app.summarize` (CSV + matplotlib) does not pay for torch, and
 # `import deflow_trl` needs no scipy (δ from data, app extra).
 _LAZY = {
     "DeFlowActor": "deflow_trl.actor",
@@ -75,7 +77,6 @@ def __getattr__(name: str) -> Any:
     except ModuleNotFoundError as err:
         if _LAZY[name] != "deflow_trl.iav":  # a core dependency is missing: not the app extra's business
             raise
-        from deflow_trl.cli import INSTALL_APP, MissingExtra
 
         package = (err.name or "a package").split(".")[0]
         raise MissingExtra(f"deflow_trl.{name} needs {package}, which is not installed: {INSTALL_APP}") from None

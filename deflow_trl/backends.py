@@ -70,6 +70,8 @@ from typing import Callable
 import torch
 from torch.nn import functional as F
 
+from deflow_trl.compile_compat import unguard_tensorclass_memo
+
 # The weight types live in deflow_trl.flow_weights, shared with kernels/ (no import circle).
 from deflow_trl.flow_weights import FlowWeights
 from deflow_trl.hardware import bf16_not_native_reason, warn_if_bf16_not_native
@@ -126,7 +128,7 @@ def resolve_backend(name: str, device: torch.device | str) -> str:
     """
     kind, precision = parse_backend(name)
     device = torch.device(device)
-    from deflow_trl.kernels import TRITON_AVAILABLE
+    from deflow_trl.kernels import TRITON_AVAILABLE  # lazy: Triton is optional
 
     if kind == "triton":
         if not TRITON_AVAILABLE:
@@ -234,7 +236,6 @@ def compiled_unit(unit: str, precision: str, num_steps: int, solver: str, mode: 
 
         fn = _fresh_function(run, f"deflow_{unit}_{precision}_{solver}{num_steps}")
         options = None if mode is not None else CPU_INDUCTOR_OPTIONS  # torch.compile takes mode or options
-        from deflow_trl.compile_compat import unguard_tensorclass_memo
 
         unguard_tensorclass_memo()  # tensordict's class memo must not become a guard (compile_compat)
         _compiled[key] = torch.compile(fn, fullgraph=True, dynamic=None, mode=mode, options=options)

@@ -27,8 +27,8 @@ from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import dispatch
 
 from deflow_trl.actor import DeFlowActor
-from deflow_trl.loss import FlowCriticLoss
 from deflow_trl.hardware import resolve_bf16_solves
+from deflow_trl.loss import FlowCriticLoss
 from deflow_trl.make import build_networks
 from deflow_trl.nets import DEFAULT_HIDDEN, Refiner, VelocityField
 

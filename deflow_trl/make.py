@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from deflow_trl.actor import DeFlowActor
-from deflow_trl.hardware import resolve_bf16_solves
+from deflow_trl.encoders import make_encoder
+from deflow_trl.hardware import resolve_bf16_solves, warn_if_bf16_not_native
 from deflow_trl.loss import DeFlowLoss
 from deflow_trl.nets import DEFAULT_HIDDEN, CriticEnsemble, Refiner, VelocityField
 
@@ -95,7 +96,6 @@ def build_networks(observation_dim, action_dim, hidden_sizes, num_critics, head_
     with its own encoder when ``encoder`` is given, on ``device``."""
     observation_dim, action_dim, num_critics = _ints(observation_dim, action_dim, num_critics)
     if bf16_solves:
-        from deflow_trl.hardware import warn_if_bf16_not_native
 
         warn_if_bf16_not_native(device or "cpu", what="bf16_solves")
     new_encoder = _encoder_factory(encoder, observation_dim)
@@ -130,7 +130,6 @@ def _encoder_factory(encoder, observation_dim) -> Callable[[], nn.Module] | None
     if callable(encoder) and not isinstance(encoder, nn.Module):
         return encoder
     if isinstance(encoder, str):
-        from deflow_trl.encoders import make_encoder
 
         shape = tuple(observation_dim) if isinstance(observation_dim, (tuple, list, torch.Size)) else None
         if shape is None or len(shape) != 3:

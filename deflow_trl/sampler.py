@@ -127,7 +127,7 @@ class FlowSampler(nn.Module):
     def _run(self, unit: str, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         kind, precision = self._resolve(obs.device)
         if kind == "triton":
-            from deflow_trl.kernels import triton_sample
+            from deflow_trl.kernels import triton_sample  # lazy: Triton is optional
 
             return triton_sample(
                 unit, self.velocity, self.refiner, obs, noise, self.num_flow_steps, self.solver,

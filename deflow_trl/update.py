@@ -90,8 +90,6 @@ from deflow_trl.backends import CPU_INDUCTOR_OPTIONS
 from deflow_trl.compile_compat import unguard_tensorclass_memo
 
 
-
-
 def _total_loss(out: TensorDictBase) -> torch.Tensor:
     """Sum of the ``loss_*`` entries (TorchRL's convention)."""
     losses = [out.get(key) for key in out.keys() if isinstance(key, str) and key.startswith("loss_")]

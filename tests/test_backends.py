@@ -220,8 +220,9 @@ def test_weight_cache_keys_on_versions():
 
 
 def test_actor_and_make_deflow_take_backend():
-    from deflow_trl import DeFlowActor, make_deflow
     from tensordict import TensorDict
+
+    from deflow_trl import DeFlowActor, make_deflow
 
     v, r = nets()
     actor = DeFlowActor(v, r, backend="eager-bf16")

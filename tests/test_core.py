@@ -2,19 +2,13 @@
 import math
 
 import pytest
-from conftest import random_transitions
 import torch
+from conftest import random_transitions
 from tensordict import TensorDict
 from torch import nn
 from torchrl.objectives import SoftUpdate
 
-from deflow_trl import (
-    CriticEnsemble,
-    DeFlowActor,
-    VelocityField,
-    make_deflow,
-    solve_flow,
-)
+from deflow_trl import CriticEnsemble, DeFlowActor, VelocityField, make_deflow, solve_flow
 
 OBS, ACT, H = 4, 2, (32, 32)
 
@@ -32,10 +26,10 @@ def deflow():
 # --- networks -----------------------------------------------------------------
 def test_network_defaults_match_reference():
     v = VelocityField(28, 5)
-    assert [l.out_features for l in v.mlp.linears] == [512, 512, 512, 512, 5]
+    assert [lin.out_features for lin in v.mlp.linears] == [512, 512, 512, 512, 5]
     assert v.mlp.linears[0].in_features == 28 + 5 + 1
     assert v.mlp.norms is None
-    assert all(torch.count_nonzero(l.bias) == 0 for l in v.mlp.linears)
+    assert all(torch.count_nonzero(lin.bias) == 0 for lin in v.mlp.linears)
     # Xavier-uniform: bound sqrt(6 / (fan_in + fan_out))
     w = v.mlp.linears[1].weight
     bound = math.sqrt(6 / (512 + 512))

@@ -5,6 +5,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_EPISODES, TINY_LENGTH
 
 from deflow_trl.data import (
     ACTION_CLIP,
@@ -15,8 +16,6 @@ from deflow_trl.data import (
     prioritized_replay_available,
 )
 from deflow_trl.data.generate import atomic_savez
-
-from conftest import TINY_EPISODES, TINY_LENGTH
 
 CUBE = "cube-single-play-singletask-task1-v0"
 PUZZLE = "puzzle-3x3-play-singletask-task2-v0"

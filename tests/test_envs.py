@@ -20,9 +20,8 @@ def _zeros(env):
 
 
 def test_specs_and_keys(env):
-    from torchrl.envs.utils import check_env_specs
-
     from torchrl.envs import GymEnv
+    from torchrl.envs.utils import check_env_specs
 
     check_env_specs(env)
     assert isinstance(env.base_env, GymEnv)

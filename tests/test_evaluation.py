@@ -6,7 +6,7 @@ from tensordict.nn import TensorDictModule
 from torchrl.data import Bounded, Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
-from deflow_trl.evaluation import evaluate
+from deflow_trl.envs.evaluation import evaluate
 
 CUBE = "cube-single-play-singletask-task1-v0"
 
@@ -71,7 +71,7 @@ def test_reproducible_and_seed_dependent():
         return out, torch.stack(seen)
 
     before = torch.get_rng_state()
-    (o1, s1), (o2, s2), (o3, s3) = run(0), run(0), run(1)
+    (o1, s1), (o2, s2), (_, s3) = run(0), run(0), run(1)
     assert torch.equal(torch.get_rng_state(), before)  # the caller's RNG is untouched
     assert o1 == o2 and torch.equal(s1, s2)
     assert (s1 - s3).abs().max() > 1e-3
@@ -200,7 +200,7 @@ def test_record_episode_writes_a_video(tmp_path):
     """Two steps of cube-single rendered (software EGL here) into a CSVLogger's videos folder."""
     from torchrl.record.loggers import CSVLogger
 
-    from deflow_trl.evaluation import record_episode
+    from deflow_trl.envs.evaluation import record_episode
 
     policy = _tiny_deflow(28, 5)
     logger = CSVLogger(exp_name="metrics", log_dir=str(tmp_path))
@@ -221,7 +221,7 @@ def test_video_falls_back_to_pt_when_torchcodec_is_installed_but_unloadable(tmp_
 
     from torchrl.record.loggers import CSVLogger
 
-    from deflow_trl.evaluation import _mp4_or_pt, mp4_writer_error
+    from deflow_trl.envs.evaluation import _mp4_or_pt, mp4_writer_error
 
     fake = tmp_path / "site" / "torchcodec"
     fake.mkdir(parents=True)

@@ -9,12 +9,11 @@ import time
 import numpy as np
 import pytest
 import torch
-
-from deflow_trl.checkpoint import load_latest_checkpoint
-from deflow_trl.plot import read_scalar
-from deflow_trl.train import ConfigError, run
-
 from test_train import TINY, config
+
+from deflow_trl.app.checkpoint import load_latest_checkpoint
+from deflow_trl.app.plot import read_scalar
+from deflow_trl.app.train import ConfigError, run
 
 EVAL = ["eval_episodes=2", "eval_interval=2", "log_interval=2"]
 SCALARS = ["eval/success_rate", "eval/return_mean", "eval/length_mean", "train/loss_qvalue", "train/loss_flow"]

@@ -35,7 +35,7 @@ def test_quick_experiment_is_the_method_on_a_pinned_task_and_the_readme_says_so(
     and its paragraph states the config's numbers (a retune must update both)."""
     from hydra import compose, initialize_config_dir
 
-    from deflow_trl.train import CONFIG_DIR
+    from deflow_trl.app.train import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         quick = compose("train", overrides=["+experiment=quick"])

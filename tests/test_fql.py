@@ -140,8 +140,8 @@ def test_q_term_moves_the_one_step_policy_uphill():
 def test_agent_fql_trains_online_and_resumes_in_the_app(tiny_ogbench_dir, tmp_path):
     from test_train import config
 
-    from deflow_trl.plot import read_scalar
-    from deflow_trl.train import run
+    from deflow_trl.app.plot import read_scalar
+    from deflow_trl.app.train import run
 
     cfg = config(tiny_ogbench_dir, "agent=fql", "agent.hidden_sizes=[32,32]", "agent.num_flow_steps=2",
                  "agent.backend=eager", "offline_steps=6", "online_steps=4", "eval_interval=5", "log_interval=2",

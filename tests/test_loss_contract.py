@@ -127,8 +127,9 @@ def test_td_error_is_written_and_priority_weights_are_honoured():
 
 
 def test_prioritized_replay_end_to_end_or_a_clear_error():
-    from deflow_trl.data import prioritized_replay_available
     from torchrl.data import LazyTensorStorage, PrioritizedSampler, TensorDictReplayBuffer
+
+    from deflow_trl.data import prioritized_replay_available
 
     if not prioritized_replay_available():
         # torchrl's C++ extension does not load against torch 2.13: the data layer says so.

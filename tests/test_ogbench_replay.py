@@ -6,12 +6,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
-from deflow_trl.data import OGBenchExperienceReplay, load_ogbench_dataset, make_ogbench_replay_buffer
-from deflow_trl.data import ogbench_replay
-from deflow_trl.data.generate import atomic_savez
-
 from conftest import TINY_EPISODES, TINY_LENGTH
+
+from deflow_trl.data import OGBenchExperienceReplay, load_ogbench_dataset, make_ogbench_replay_buffer, ogbench_replay
+from deflow_trl.data.generate import atomic_savez
 
 CUBE = "cube-single-play-singletask-task1-v0"
 RAW = "cube-single-play-v0"  # goal-conditioned: no relabelling, so the fastest to build

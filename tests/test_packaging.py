@@ -5,16 +5,16 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import tomllib
 
 import pytest
+import tomllib
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from deflow_trl.config_schema import TrainSchema
+from deflow_trl.app.config_schema import TrainSchema
+from deflow_trl.app.train import CONFIG_DIR, run
 from deflow_trl.errors import ConfigError
-from deflow_trl.train import CONFIG_DIR, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 APP_ONLY = ["ogbench", "mujoco", "hydra", "omegaconf", "matplotlib", "scipy", "tqdm", "gymnasium", "dm_control", "absl"]
@@ -65,8 +65,8 @@ def test_core_works_without_the_app_extra(tmp_path):
             deflow_trl.propose_delta
         except ImportError as err:
             print("LAZY:", err)
-        from deflow_trl.cli import train
-        modules = ["deflow_trl.train", "deflow_trl.data.generate", "deflow_trl.data.iav_cli", "deflow_trl.summarize"]
+        from deflow_trl.app.cli import train
+        modules = ["deflow_trl.app.train", "deflow_trl.data.generate", "deflow_trl.data.iav_cli", "deflow_trl.app.summarize"]
         for entry in [train] + [lambda m=m: runpy.run_module(m, run_name="__main__") for m in modules]:
             try:
                 entry()
@@ -83,7 +83,7 @@ def test_core_works_without_the_app_extra(tmp_path):
     errors = proc.stderr.strip().splitlines()
     assert errors == [f"[deflow_trl] error: deflow-train {missing}"] + [
         f"[deflow_trl] error: python -m {m} {missing}"
-        for m in ("deflow_trl.train", "deflow_trl.data.generate", "deflow_trl.data.iav_cli", "deflow_trl.summarize")
+        for m in ("deflow_trl.app.train", "deflow_trl.data.generate", "deflow_trl.data.iav_cli", "deflow_trl.app.summarize")
     ], proc.stderr[-3000:]
 
 
@@ -95,17 +95,17 @@ def test_dependencies_split_core_and_app():
     app = {req.split(">")[0] for req in project["optional-dependencies"]["app"]}
     assert app == {"ogbench", "hydra-core", "matplotlib", "tqdm", "scipy"}
     assert "deflow_trl[app]" in project["optional-dependencies"]["dev"]
-    assert project["scripts"] == {"deflow-train": "deflow_trl.cli:train", "deflow-generate": "deflow_trl.cli:generate",
-                                  "deflow-iav": "deflow_trl.cli:iav", "deflow-summarize": "deflow_trl.cli:summarize"}
+    assert project["scripts"] == {"deflow-train": "deflow_trl.app.cli:train", "deflow-generate": "deflow_trl.app.cli:generate",
+                                  "deflow-iav": "deflow_trl.app.cli:iav", "deflow-summarize": "deflow_trl.app.cli:summarize"}
     for extra in ("joblib", "slurm", "tensorboard", "wandb"):  # app features: each brings the app
         assert "deflow_trl[app]" in project["optional-dependencies"][extra], extra
     # The README's two commands (`.[app]`, `.[dev]`) and .ci/run: tests/test_examples.py.
 
 
 @pytest.mark.parametrize("script,module", [("generate", "deflow_trl.data.generate"), ("iav", "deflow_trl.data.iav_cli"),
-                                           ("summarize", "deflow_trl.summarize")])
+                                           ("summarize", "deflow_trl.app.summarize")])
 def test_console_scripts_reach_their_main(monkeypatch, capsys, script, module):
-    import deflow_trl.cli as cli
+    import deflow_trl.app.cli as cli
 
     monkeypatch.setattr(cli, "quiet_app", lambda: None)  # the test process keeps its filters and environment
     monkeypatch.setattr(sys, "argv", [f"deflow-{script}", "--help"])
@@ -142,7 +142,7 @@ def test_wheel_in_a_fresh_venv_finds_its_configs_and_trains_quietly(tiny_ogbench
     work.mkdir()
     env = _clean_env()
 
-    where = subprocess.run([python, "-c", "import deflow_trl.train as t, os; print(t.__file__); "
+    where = subprocess.run([python, "-c", "import deflow_trl.app.train as t, os; print(t.__file__); "
                             "print(os.path.isfile(os.path.join(t.CONFIG_DIR, 'train.yaml')))"],
                            capture_output=True, text=True, cwd=work, env=env, timeout=120, check=True).stdout.split()
     assert where[0].startswith(str(venv)) and where[1] == "True", where

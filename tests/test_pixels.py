@@ -341,9 +341,10 @@ class _FakeVisual:
 
 def test_pixel_env_stacks_frames_like_training():
     """Fake renderer (no EGL needed): the policy sees [64, 64, 9] uint8, first frame repeated at reset."""
-    from deflow_trl.evaluation import evaluate
-    from deflow_trl.pixel_envs import make_pixel_env
     from tensordict.nn import TensorDictModule
+
+    from deflow_trl.envs.evaluation import evaluate
+    from deflow_trl.envs.pixels import make_pixel_env
 
     env = make_pixel_env("visual-cube-single-play-singletask-task1-v0", seed=0, gym_env=_FakeVisual(),
                          max_episode_steps=10)
@@ -362,7 +363,7 @@ def test_pixel_env_stacks_frames_like_training():
 
 
 def test_pixel_env_bad_input():
-    from deflow_trl.pixel_envs import make_pixel_env
+    from deflow_trl.envs.pixels import make_pixel_env
 
     name = "visual-cube-single-play-singletask-task1-v0"
     with pytest.raises(ValueError, match=r"rendered frame has shape \(32, 32, 3\)"):
@@ -382,7 +383,7 @@ def test_pixel_env_bad_input():
 @pytest.mark.slow
 def test_visual_env_renders_with_egl():
     """The real visual-cube-single env (MuJoCo EGL): 2 steps, [64, 64, 9] uint8 frames with content."""
-    from deflow_trl.pixel_envs import make_pixel_env
+    from deflow_trl.envs.pixels import make_pixel_env
 
     env = make_pixel_env("visual-cube-single-play-singletask-task1-v0", seed=0)
     td = env.rollout(2)
@@ -415,7 +416,7 @@ def test_generate_visual_dataset_renders_uint8_frames(tmp_path):
 def test_visual_configs(suite, delta, fql_alpha):
     from hydra import compose, initialize_config_dir
 
-    from deflow_trl.data.names import parse_ogbench_name
+    from deflow_trl.envs.names import parse_ogbench_name
 
     with initialize_config_dir(config_dir=os.path.abspath(CONFIG_DIR), version_base=None):
         cfg = compose("train", overrides=[f"env={suite}", "+experiment=visual"])
@@ -430,7 +431,7 @@ def test_visual_configs(suite, delta, fql_alpha):
 
 def test_generate_command_names_visual_datasets():
     from deflow_trl.data.generate import generate_command
-    from deflow_trl.data.names import parse_ogbench_name, suite_of
+    from deflow_trl.envs.names import parse_ogbench_name, suite_of
 
     assert generate_command("visual-scene-play-v0").startswith("python -m deflow_trl.data.generate --env visual-scene")
     assert suite_of("visual-puzzle-4x4-v0") == "puzzle"

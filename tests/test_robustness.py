@@ -16,16 +16,15 @@ import urllib.error
 import numpy as np
 import pytest
 import torch
+from test_train import TINY, config
 
-from deflow_trl.checkpoint import load_latest_checkpoint, save_checkpoint
+from deflow_trl.app.checkpoint import load_latest_checkpoint, save_checkpoint
+from deflow_trl.app.plot import read_scalar
+from deflow_trl.app.runlock import FileLock
+from deflow_trl.app.train import TrainingStopped, run
 from deflow_trl.data import load_ogbench_dataset
 from deflow_trl.data.generate import atomic_savez, generate_dataset
 from deflow_trl.errors import CheckpointError, ConfigError, DatasetError, RunLockedError, one_line
-from deflow_trl.plot import read_scalar
-from deflow_trl.runlock import FileLock
-from deflow_trl.train import TrainingStopped, run
-
-from test_train import TINY, config
 
 CUBE = "cube-single-play-singletask-task1-v0"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
@@ -122,7 +121,7 @@ def test_second_process_is_refused_and_sigterm_saves_and_resumes(tiny_ogbench_di
 
 @pytest.mark.slow
 def test_second_ctrl_c_exits_at_once(tmp_path):
-    code = ("import sys, time\nfrom deflow_trl.signals import GracefulStop\n"
+    code = ("import sys, time\nfrom deflow_trl.app.signals import GracefulStop\n"
             "with GracefulStop() as stop:\n    print('ready', flush=True)\n"
             "    while True:\n        time.sleep(0.05)\n        if stop.requested: print('requested', flush=True)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -145,7 +144,7 @@ def test_second_ctrl_c_exits_at_once(tmp_path):
 @pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGINT])
 def test_stop_signal_finishes_the_update_and_checkpoints(tiny_ogbench_dir, tmp_path, monkeypatch, signum):
     """A real signal to this process at the 3rd update (from inside it: deterministic)."""
-    import deflow_trl.train as train
+    import deflow_trl.app.train as train
 
     real = train.make_update
 
@@ -176,7 +175,7 @@ def test_stop_signal_finishes_the_update_and_checkpoints(tiny_ogbench_dir, tmp_p
 def test_stop_signal_is_passed_on_to_the_handler_installed_before():
     """submitit's case: its SIGUSR2 handler (requeue, then exit) runs once the loop has stopped, not before;
     Python's default Ctrl-C handler is never called."""
-    from deflow_trl.signals import GracefulStop
+    from deflow_trl.app.signals import GracefulStop
 
     calls = []
     before = signal.signal(signal.SIGUSR2, lambda signum, frame: calls.append(signum))
@@ -198,7 +197,7 @@ def test_stop_signal_is_passed_on_to_the_handler_installed_before():
 def test_submitit_style_sigusr2_saves_then_requeues(tiny_ogbench_dir, tmp_path, monkeypatch):
     """A run inside a launcher that handles SIGUSR2 (submitit): the update finishes, the checkpoint is written,
     then the launcher's handler runs (here it records the saved step and exits as submitit does)."""
-    import deflow_trl.train as train
+    import deflow_trl.app.train as train
 
     real, seen = train.make_update, []
 
@@ -231,7 +230,7 @@ def test_submitit_style_sigusr2_saves_then_requeues(tiny_ogbench_dir, tmp_path, 
 @pytest.mark.slow
 def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
     lock_path = str(tmp_path / ".lock")
-    code = (f"from deflow_trl.runlock import FileLock\nimport time\nFileLock({lock_path!r}, 'x').acquire()\n"
+    code = (f"from deflow_trl.app.runlock import FileLock\nimport time\nFileLock({lock_path!r}, 'x').acquire()\n"
             "print('locked', flush=True)\ntime.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=ENV)
     try:
@@ -343,7 +342,7 @@ def test_bad_config_values_fail_before_any_work(tiny_ogbench_dir, tmp_path, monk
 
 
 def test_strings_for_numbers_are_typed(tiny_ogbench_dir):
-    from deflow_trl.config_schema import validate_config
+    from deflow_trl.app.config_schema import validate_config
 
     cfg = validate_config(config(tiny_ogbench_dir, "batch_size='16'", "agent.lr='0.001'", "+agent.alpha=10"))
     assert cfg.batch_size == 16 and cfg.agent.lr == 0.001 and cfg.agent.alpha == 10  # unknown agent field kept
@@ -454,7 +453,7 @@ def test_corrupt_newest_checkpoint_is_moved_aside_and_the_previous_resumed(tiny_
 
 
 def test_disk_full_is_named_in_one_line(tmp_path, monkeypatch):
-    import deflow_trl.checkpoint as ckpt
+    import deflow_trl.app.checkpoint as ckpt
 
     real_save = torch.save
 
@@ -515,7 +514,7 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     error; checkpoints in the pre-GlobalRNGState layout still resume."""
     import random
 
-    from deflow_trl.checkpoint import rng_state, set_rng_state
+    from deflow_trl.app.checkpoint import rng_state, set_rng_state
 
     def draw():
         return torch.rand(4), np.random.rand(4), random.random()

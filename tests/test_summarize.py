@@ -7,8 +7,8 @@ import re
 import pytest
 from omegaconf import OmegaConf
 
-from deflow_trl import summarize as S
-from deflow_trl.published import PUBLISHED, PUBLISHED_OFFLINE_TO_ONLINE, PUBLISHED_VISUAL_MANIPULATION
+from deflow_trl.app import summarize as S
+from deflow_trl.app.published import PUBLISHED, PUBLISHED_OFFLINE_TO_ONLINE, PUBLISHED_VISUAL_MANIPULATION
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -99,7 +99,7 @@ def test_crashed_and_unfinished_runs_are_reported_not_averaged(tmp_path, capsys)
     make_run(tmp_path, seed=3, evals={})                                      # died before any evaluation
     d = make_run(tmp_path, seed=4, evals=full(1.0))
     with open(os.path.join(d, "train.log"), "w") as f:                        # the app's logged error
-        f.write("[2026-11-28 08:00:00,000][deflow_trl.train][ERROR] - batch_size=512 is larger than the dataset\n")
+        f.write("[2026-11-28 08:00:00,000][deflow_trl.app.train][ERROR] - batch_size=512 is larger than the dataset\n")
     make_run(tmp_path, seed=5, evals={2: 1.0, 6: 1.0})                        # an evaluation missing
     os.makedirs(tmp_path / "cube-single-play" / "deflow" / "task1" / "seed6" / ".hydra")  # no config file
     os.makedirs(tmp_path / "cube-single-play" / "deflow" / "task1" / "seed6" / "metrics" / "scalars")
@@ -142,7 +142,7 @@ def test_an_unfinished_run_says_whether_its_process_is_still_running(tmp_path):
 def test_an_error_logged_by_an_earlier_attempt_does_not_fail_a_run_that_later_finished(tmp_path):
     d = make_run(tmp_path, evals=full(0.3, 0.3, 0.3))
     with open(os.path.join(d, "train.log"), "w") as f:
-        f.write("[t][deflow_trl.train][ERROR] - refused: different agent\n[t][deflow_trl.train][INFO] - resumed\n")
+        f.write("[t][deflow_trl.app.train][ERROR] - refused: different agent\n[t][deflow_trl.app.train][INFO] - resumed\n")
     assert S.inspect_run(d)["status"] == "complete"
 
 
@@ -228,7 +228,7 @@ def test_paper_experiment_declares_the_protocol_sweep():
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from deflow_trl.train import CONFIG_DIR
+    from deflow_trl.app.train import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", overrides=["+experiment=paper", "env=puzzle_3x3", "task=3", "seed=5"],
@@ -249,7 +249,7 @@ def test_summarize_does_not_import_torch_and_the_package_names_resolve():
     import subprocess
     import sys
 
-    code = ("import sys, deflow_trl, deflow_trl.summarize; assert 'torch' not in sys.modules, 'torch imported'; "
+    code = ("import sys, deflow_trl, deflow_trl.app.summarize; assert 'torch' not in sys.modules, 'torch imported'; "
             "assert all(getattr(deflow_trl, n) for n in deflow_trl.__all__); print('ok')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -11,9 +11,8 @@ import time
 
 import pytest
 
-from deflow_trl import summarize as S
-from deflow_trl.checkpoint import load_latest_checkpoint
-
+from deflow_trl.app import summarize as S
+from deflow_trl.app.checkpoint import load_latest_checkpoint
 
 TINY = [
     "agent.hidden_sizes=[32,32]", "agent.num_flow_steps=2", "batch_size=16", "eval_episodes=1", "progress=false",
@@ -115,7 +114,7 @@ def test_submitit_sweep_killed_mid_run_resumes_from_checkpoints(tiny_ogbench_dir
 def test_launchers_compose_with_the_paper_experiment(launcher, target):
     from hydra import compose, initialize_config_dir
 
-    from deflow_trl.train import CONFIG_DIR
+    from deflow_trl.app.train import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", overrides=["+experiment=paper", f"hydra/launcher={launcher}"], return_hydra_config=True)
@@ -127,7 +126,7 @@ def test_an_unknown_launcher_is_one_clear_message():
     from hydra import compose, initialize_config_dir
     from hydra.errors import MissingConfigException
 
-    from deflow_trl.train import CONFIG_DIR
+    from deflow_trl.app.train import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         with pytest.raises(MissingConfigException) as err:

@@ -11,9 +11,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from deflow_trl.checkpoint import load_latest_checkpoint
-from deflow_trl.plot import read_scalar
-from deflow_trl.train import CONFIG_DIR, ConfigError, run
+from deflow_trl.app.checkpoint import load_latest_checkpoint
+from deflow_trl.app.plot import read_scalar
+from deflow_trl.app.train import CONFIG_DIR, ConfigError, run
 
 TINY = [
     "agent.hidden_sizes=[32,32]", "agent.num_flow_steps=2", "batch_size=16", "eval_episodes=1",

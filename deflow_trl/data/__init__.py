@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 # `python -m deflow_trl.data.generate` would find its module already imported by the package (runpy warns).
 _LAZY = {
     "generate_dataset": "deflow_trl.data.generate",
-    "OGBenchName": "deflow_trl.data.names",
-    "parse_ogbench_name": "deflow_trl.data.names",
+    "OGBenchName": "deflow_trl.envs.names",
+    "parse_ogbench_name": "deflow_trl.envs.names",
     "load_visual_dataset": "deflow_trl.data.pixels",
     "make_pixel_replay_buffer": "deflow_trl.data.pixels",
     "ACTION_CLIP": "deflow_trl.data.ogbench",
@@ -31,7 +31,6 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from deflow_trl.data.generate import generate_dataset
-    from deflow_trl.data.names import OGBenchName, parse_ogbench_name
     from deflow_trl.data.ogbench import (
         ACTION_CLIP,
         load_ogbench_dataset,
@@ -42,6 +41,7 @@ if TYPE_CHECKING:
     )
     from deflow_trl.data.ogbench_replay import OGBenchExperienceReplay
     from deflow_trl.data.pixels import load_visual_dataset, make_pixel_replay_buffer
+    from deflow_trl.envs.names import OGBenchName, parse_ogbench_name
 
 
 def __getattr__(name: str) -> Any:

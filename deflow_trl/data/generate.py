@@ -45,7 +45,7 @@ Examples:
 from __future__ import annotations
 
 if __name__ == "__main__":  # `python -m deflow_trl.data.generate` without the app extra: one line, not a traceback
-    from deflow_trl.cli import check_app_extra
+    from deflow_trl.extras import check_app_extra
 
     check_app_extra("python -m deflow_trl.data.generate")
 
@@ -59,9 +59,11 @@ from typing import Any
 
 import numpy as np
 
-from deflow_trl.data.names import VISUAL_PREFIX, parse_ogbench_name, suite_of
-from deflow_trl.rundir import check_writable
-from deflow_trl.runlock import FileLock
+from deflow_trl.console import ensure_headless_gl, quiet_app
+from deflow_trl.envs.names import VISUAL_PREFIX, parse_ogbench_name, suite_of
+from deflow_trl.errors import debug_requested, one_line
+from deflow_trl.filelock import FileLock
+from deflow_trl.paths import check_writable, default_dataset_dir
 
 __all__ = ["generate_dataset", "atomic_savez", "GENERATABLE", "default_dataset_dir", "generate_command"]
 
@@ -71,13 +73,6 @@ GENERATABLE = {("cube", "play"), ("scene", "play"), ("puzzle", "play"), ("pointm
 _PLAY_NOISE = 0.1  # OGBench generate_manipspace.py: --noise
 _PLAY_SMOOTHING = 0.5  # OGBench generate_manipspace.py: --noise_smoothing
 _NAVIGATE_NOISE = 0.2  # OGBench generate_locomaze.py: --noise
-
-
-def default_dataset_dir() -> str:
-    """The directory ogbench reads by default (``~/.ogbench/data``), expanded."""
-    from ogbench.utils import DEFAULT_DATASET_DIR
-
-    return os.path.expanduser(DEFAULT_DATASET_DIR)
 
 
 def generate_command(file_stem: str, dataset_dir: str | None = None) -> str | None:
@@ -350,7 +345,6 @@ def _generate(file_stem, base_env_id, num_episodes, train_path, val_path, *, wor
     suite = suite_of(base_env_id)
     pixels = base_env_id.startswith(VISUAL_PREFIX)
     if pixels:  # every step renders a 64x64 frame: needs a headless GL context (EGL)
-        from deflow_trl.pixel_envs import ensure_headless_gl
 
         ensure_headless_gl()
     spec = dict(
@@ -413,7 +407,6 @@ def _generate(file_stem, base_env_id, num_episodes, train_path, val_path, *, wor
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m deflow_trl.data.generate`` / ``deflow-generate`` (``--help`` lists the arguments)."""
-    from deflow_trl.cli import quiet_app
 
     quiet_app()  # the app's process only: headless GL, no gymnasium/absl/GLFW noise (workers inherit it)
     p = argparse.ArgumentParser(
@@ -444,7 +437,6 @@ def main(argv: list[str] | None = None) -> None:
             noise_smoothing=a.noise_smoothing, progress=not a.no_progress, overwrite=a.force,
         )
     except (ValueError, OSError) as err:  # bad arguments, a locked or existing file, disk full: one line
-        from deflow_trl.errors import debug_requested, one_line
 
         line = one_line(err) or " ".join(str(err).split())
         if debug_requested():

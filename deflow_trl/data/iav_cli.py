@@ -24,15 +24,16 @@ Examples:
 from __future__ import annotations
 
 if __name__ == "__main__":  # `python -m deflow_trl.data.iav_cli` without the app extra: one line, not a traceback
-    from deflow_trl.cli import check_app_extra
+    from deflow_trl.extras import check_app_extra
 
     check_app_extra("python -m deflow_trl.data.iav_cli")
 
 import argparse
 import json
 
-from deflow_trl.data.names import parse_ogbench_name
 from deflow_trl.data.ogbench import load_ogbench_dataset
+from deflow_trl.envs.names import parse_ogbench_name
+from deflow_trl.iav import intrinsic_action_variance, propose_delta
 
 __all__ = ["dataset_iav", "main"]
 
@@ -42,7 +43,6 @@ def dataset_iav(
     dataset_path: str | None = None,
 ) -> dict:
     """IAV and proposed δ of dataset ``name`` (train split); see the module docstring."""
-    from deflow_trl.iav import intrinsic_action_variance, propose_delta
 
     parsed = parse_ogbench_name(name)
     td = load_ogbench_dataset(name, dataset_dir, dataset_path=dataset_path)

@@ -82,9 +82,9 @@ from torchrl.data.datasets.common import BaseDatasetExperienceReplay
 from torchrl.data.replay_buffers import Sampler, TensorStorage, Writer
 from torchrl.data.replay_buffers.writers import ImmutableDatasetWriter
 
+from deflow_trl.data.files import ACTION_CLIP, ogbench_dataset_path, read_ogbench_npz
 from deflow_trl.data.generate import generate_command, generate_dataset
-from deflow_trl.data.names import parse_ogbench_name
-from deflow_trl.data.ogbench import ACTION_CLIP, load_ogbench_dataset, ogbench_dataset_path
+from deflow_trl.envs.names import parse_ogbench_name
 
 __all__ = ["OGBenchExperienceReplay", "CACHE_ENV", "default_cache_root", "episode_index"]
 
@@ -316,12 +316,12 @@ class OGBenchExperienceReplay(BaseDatasetExperienceReplay):
         generate_dataset(self.name.file_stem, **kwargs)
 
     def _build(self) -> TensorDict:
-        """Load + relabel the source through ``load_ogbench_dataset``, write the cache atomically, map it."""
+        """Load + relabel the source through ``read_ogbench_npz``, write the cache atomically, map it."""
         try:
             before = _fingerprint(self.source_path)
         except (OSError, zipfile.BadZipFile):  # missing or damaged: the loader raises the right error
             before = None
-        data = load_ogbench_dataset(self.dataset_id, self.dataset_dir, self.split, dataset_path=self.dataset_path,
+        data = read_ogbench_npz(self.dataset_id, self.dataset_dir, self.split, dataset_path=self.dataset_path,
                                     download=bool(self.download))
         source = _fingerprint(self.source_path)
         if before is not None and before != source:

@@ -62,10 +62,16 @@ from torchrl.data import LazyMemmapStorage, LazyTensorStorage, TensorDictReplayB
 from torchrl.data.replay_buffers.samplers import Sampler
 from torchrl.envs.transforms import Compose, DeviceCastTransform, Transform
 
-from deflow_trl.data.generate import default_dataset_dir
-from deflow_trl.data.names import VISUAL_PREFIX, OGBenchName, parse_ogbench_name
-from deflow_trl.data.ogbench import _download, _missing_error, _npz_headers, _relabel, checked_actions
+from deflow_trl.data.files import (
+    checked_actions,
+    download_official,
+    missing_file_error,
+    npz_headers,
+    relabel_singletask,
+)
+from deflow_trl.envs.names import VISUAL_PREFIX, OGBenchName, parse_ogbench_name
 from deflow_trl.errors import DatasetError
+from deflow_trl.paths import default_dataset_dir
 
 __all__ = [
     "FRAME_SHAPE",
@@ -277,7 +283,7 @@ def visual_dataset_path(name: str, dataset_dir: str | None = None, split: Litera
 
 def _check_visual_file(path: str, parsed: OGBenchName, frame_shape: tuple[int, int, int]) -> int:
     """Shapes/dtypes from the ``.npy`` headers (nothing big is read); returns the number of frame rows."""
-    headers = _npz_headers(path)
+    headers = npz_headers(path)
     required = ["observations", "actions", "terminals"]
     if parsed.singletask:
         required.append("qpos")
@@ -342,8 +348,8 @@ def _open_visual(name: str, dataset_dir, split, dataset_path, download, frame_sh
     path = visual_dataset_path(name, dataset_dir, split, dataset_path)
     if not os.path.isfile(path):
         if not download or dataset_path is not None:
-            raise _missing_error(parsed, path, dataset_dir)
-        _download(parsed, dataset_dir, path)
+            raise missing_file_error(parsed, path, dataset_dir)
+        download_official(parsed, dataset_dir, path)
     n = _check_visual_file(path, parsed, frame_shape)
     return parsed, path, n
 
@@ -369,7 +375,7 @@ def _row_fields(path: str, parsed: OGBenchName) -> tuple[TensorDict, torch.Tenso
     nxt = {"truncated": torch.as_tensor(truncated).unsqueeze(-1)}
     if parsed.singletask:
         twin = parse_ogbench_name(parsed.dataset_name[len(VISUAL_PREFIX):])  # same task, state env: no rendering
-        _relabel(twin, data)  # OGBench's relabel_dataset: 'rewards', 'masks' for every row, elementwise
+        relabel_singletask(twin, data)  # OGBench's relabel_dataset: 'rewards', 'masks' for every row, elementwise
         nxt["reward"] = torch.as_tensor(data["rewards"], dtype=torch.float32).unsqueeze(-1)
         nxt["terminated"] = torch.as_tensor((data["masks"] == 0) & ~ends).unsqueeze(-1)
     else:
@@ -485,7 +491,7 @@ def make_pixel_replay_buffer(
             terminals from the task) or ``visual-cube-single-play-v0`` (no reward, never terminated).
         batch_size: transitions per ``sample()``.
         frame_stack: frames per observation (reference 3: ``[B, 64, 64, 9]``); must match the encoder
-            (``in_channels = 3·frame_stack``) and :func:`deflow_trl.pixel_envs.make_pixel_env`.
+            (``in_channels = 3·frame_stack``) and :func:`deflow_trl.envs.pixels.make_pixel_env`.
         augment_prob: probability that a batch is random-crop augmented (reference 0.5; 0 = off).
         crop_padding: edge padding of the crop in pixels (reference 3).
         device: where the batch goes before stacking and augmentation (the training device);

@@ -21,7 +21,7 @@ def triton_sample(*args, **kwargs):
     """See :func:`deflow_trl.kernels.flow_triton.triton_sample`."""
     if not TRITON_AVAILABLE:
         raise RuntimeError("backend 'triton' needs the triton package (pip install deflow_trl[triton])")
-    from deflow_trl.kernels.flow_triton import triton_sample as impl
+    from deflow_trl.kernels.flow_triton import triton_sample as impl  # lazy: Triton is optional
 
     return impl(*args, **kwargs)
 

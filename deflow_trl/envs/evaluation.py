@@ -33,13 +33,13 @@ Video: :func:`record_episode` replays one evaluation episode (the same seed and 
 the same trajectory) on a rendering copy of the env and writes it through a TorchRL logger
 with TorchRL's ``VideoRecorder`` (``CSVLogger``: ``<log_dir>/<exp_name>/videos/<tag>_<step>.pt``
 or ``.mp4``). Rendering needs a headless OpenGL backend (``MUJOCO_GL=egl``, selected by
-:func:`~deflow_trl.pixel_envs.ensure_headless_gl` when there is no display); software EGL
+:func:`~deflow_trl.envs.pixels.ensure_headless_gl` when there is no display); software EGL
 takes ≈ 0.4 s per 64×64 frame on a 2-core CPU, ≈ 80 s for a 200-step episode.
 
 Examples:
     >>> import torch
     >>> from tensordict.nn import TensorDictModule
-    >>> from deflow_trl.evaluation import evaluate
+    >>> from deflow_trl.envs.evaluation import evaluate
     >>> still = TensorDictModule(lambda obs: torch.zeros(*obs.shape[:-1], 5), ["observation"], ["action"])
     >>> out = evaluate(still, "cube-single-play-singletask-task1-v0", num_episodes=2, seed=0, progress=False,
     ...                max_steps=10, num_envs=2)
@@ -60,9 +60,11 @@ from torchrl.envs import EnvBase, TransformedEnv
 from torchrl.envs.transforms import RewardSum
 from torchrl.envs.utils import ExplorationType, set_exploration_type, step_mdp
 
-from deflow_trl.envs import make_batched_env, make_ogbench_env
+from deflow_trl.console import ensure_headless_gl
+from deflow_trl.envs.ogbench import make_batched_env, make_ogbench_env
+from deflow_trl.envs.pixels import make_pixel_env  # pixels pull in the renderer: only when asked
 
-__all__ = ["evaluate", "record_episode", "episode_seeds"]
+__all__ = ["evaluate", "record_episode", "episode_seeds", "make_eval_env"]
 
 _NOISE_KEY = "_evaluation_noise"  # the latent key lent to a DeFlowActor built without a noise_key
 
@@ -369,7 +371,6 @@ def record_episode(
     """
     from torchrl.record import PixelRenderTransform, VideoRecorder
 
-    from deflow_trl.pixel_envs import ensure_headless_gl
 
     ensure_headless_gl()
     _mp4_or_pt(logger)
@@ -392,3 +393,18 @@ def record_episode(
         env.close()
     success, ret, length = _outcome(traj["next"][-1], traj.shape[0])
     return {"success": success, "return": ret, "length": length, "frames": frames}
+
+
+def make_eval_env(dataset: str, seed: int, frame_stack: int | None = None) -> EnvBase:
+    """The single-task env of ``dataset``: state-based, or frame-stacked pixels when ``frame_stack`` is given.
+
+    Examples:
+        >>> env = make_eval_env("cube-single-play-singletask-task1-v0", seed=0)
+        >>> env.action_spec.shape
+        torch.Size([5])
+        >>> env.close()
+    """
+    if frame_stack is not None:
+
+        return make_pixel_env(dataset, seed=seed, frame_stack=frame_stack)
+    return make_ogbench_env(dataset, seed=seed)

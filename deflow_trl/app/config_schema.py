@@ -1,6 +1,6 @@
 """The training app's config: typed schema plus the value checks, all before any work.
 
-:func:`validate_config` is the first thing :func:`deflow_trl.train.run` does. It
+:func:`validate_config` is the first thing :func:`deflow_trl.app.train.run` does. It
 
 1. types every field with OmegaConf structured configs (the dataclasses
    below): ``batch_size='256'`` becomes 256, ``offline_steps=1.5``, ``seed=abc``
@@ -46,7 +46,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from deflow_trl.actor import SAMPLING_MODES
+from deflow_trl.backends import BACKENDS
+from deflow_trl.data import parse_ogbench_name
 from deflow_trl.errors import ConfigError
+from deflow_trl.hardware import resolve_bf16_solves  # the one place that knows the accepted values
+from deflow_trl.sampler import check_solver
 
 __all__ = ["validate_config", "typed_config", "check_config", "resolve_device", "TrainSchema"]
 
@@ -57,7 +62,7 @@ class AgentSchema:
     """Agent fields: the union of ``deflow_trl/configs/agent/*.yaml`` (an agent uses its own subset)."""
 
     name: str = "deflow"
-    kind: str = "deflow"  # fql: builder of deflow_trl.agents
+    kind: str = "deflow"  # fql: builder of deflow_trl.app.agents
     alpha: float = 10.0  # fql: distillation weight
     hidden_sizes: List[int] = field(default_factory=lambda: [512, 512, 512, 512])
     num_critics: int = 2
@@ -211,9 +216,6 @@ _LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
 
 def _check_agent(a: DictConfig) -> None:
     """Checks of the known agent fields that are present (another agent may lack some)."""
-    from deflow_trl.actor import SAMPLING_MODES
-    from deflow_trl.backends import BACKENDS
-    from deflow_trl.sampler import check_solver
 
     if "hidden_sizes" in a:
         sizes = list(a.hidden_sizes)
@@ -247,7 +249,6 @@ def _check_agent(a: DictConfig) -> None:
     if "backend" in a and a.backend not in BACKENDS:
         raise ConfigError(f"agent.backend must be one of {', '.join(BACKENDS)}, got {a.backend!r}")
     if "bf16_solves" in a:
-        from deflow_trl.hardware import resolve_bf16_solves  # the one place that knows the accepted values
 
         try:
             resolve_bf16_solves(a.bf16_solves)
@@ -257,7 +258,6 @@ def _check_agent(a: DictConfig) -> None:
 
 def check_config(cfg: DictConfig) -> None:
     """Every check that needs no data: one clear error per problem (``cfg`` already typed)."""
-    from deflow_trl.data import parse_ogbench_name
 
     _check_agent(cfg.agent)
     if not 0 <= cfg.seed < 2**31:

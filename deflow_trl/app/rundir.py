@@ -2,7 +2,7 @@
 
 A run directory holds the run's record — ``.hydra/config.yaml`` (what ran),
 ``metrics/scalars/*.csv``, ``checkpoints/``, ``train.log``, ``learning_curve.png``
-— and a ``.lock`` file (:mod:`deflow_trl.runlock`). The app keeps three promises:
+— and a ``.lock`` file (:mod:`deflow_trl.app.runlock`). The app keeps three promises:
 
 - **A refused launch changes nothing.** Hydra would write ``.hydra/`` and open
   ``train.log`` before the app runs; ``deflow_trl/configs/train.yaml`` turns both off
@@ -34,9 +34,11 @@ import shutil
 
 from omegaconf import DictConfig, OmegaConf
 
+from deflow_trl.app.checkpoint import load_checkpoint, load_latest_checkpoint
 from deflow_trl.errors import ConfigError
+from deflow_trl.paths import default_dataset_dir
 
-__all__ = ["check_writable", "has_metrics", "check_resume", "load_init_checkpoint", "copy_metrics", "clear_record",
+__all__ = ["has_metrics", "check_resume", "load_init_checkpoint", "copy_metrics", "clear_record",
            "write_record", "truncate_metrics", "RECORD"]
 
 # What overwrite=true clears (the lock file stays: another process may be about to lock it).
@@ -47,21 +49,6 @@ RESUME_KEYS = ("agent", "dataset", "seed", "batch_size")
 INIT_KEYS = ("agent", "dataset")
 
 
-def check_writable(path: str, what: str) -> None:
-    """``path`` (a directory, possibly not yet existing) can be created and written; nothing is created."""
-    path = os.path.abspath(os.path.expanduser(path))
-    probe = path
-    while not os.path.exists(probe):
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            break
-        probe = parent
-    if not os.path.isdir(probe):
-        raise ConfigError(f"{what} {path} cannot be created: {probe} is not a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"{what} {path} is not writable ({probe} does not allow writing)")
-
-
 def has_metrics(run_dir: str) -> bool:
     """Whether ``run_dir`` holds any non-empty metrics CSV."""
     return any(os.path.getsize(p) > 0 for p in glob.glob(os.path.join(run_dir, "metrics", "scalars", "**", "*.csv"),
@@ -69,7 +56,6 @@ def has_metrics(run_dir: str) -> bool:
 
 
 def _dataset_dir(cfg: dict) -> str | None:
-    from deflow_trl.data.generate import default_dataset_dir
 
     d = (cfg.get("data") or {}).get("dataset_dir", "missing")
     if d == "missing":
@@ -122,7 +108,6 @@ def load_init_checkpoint(cfg: DictConfig) -> tuple[dict, str, str | None]:
     this command's (otherwise one ``ConfigError`` naming them); seed, batch size, step budgets,
     ``online.*`` and the data directory may differ. Nothing is written here.
     """
-    from deflow_trl.checkpoint import load_checkpoint, load_latest_checkpoint
 
     source = os.path.abspath(os.path.expanduser(str(cfg.init_from)))
     if os.path.isdir(source):

@@ -22,7 +22,7 @@ for, even if ``mujoco`` was imported first. Software EGL on a CPU costs â‰ˆ 0.3â
 takes up to ~1.5 h on CPU; use a GPU machine (hardware EGL) for real evaluations.
 
 Examples:
-    >>> from deflow_trl.pixel_envs import make_pixel_env
+    >>> from deflow_trl.envs.pixels import make_pixel_env
     >>> env = make_pixel_env("visual-cube-single-play-singletask-task1-v0", seed=0)  # doctest: +SKIP
     >>> td = env.rollout(2)                                                          # doctest: +SKIP
     >>> td["next", "observation"].shape, td["next", "observation"].dtype             # doctest: +SKIP
@@ -31,62 +31,20 @@ Examples:
 
 from __future__ import annotations
 
-import os
-import sys
-
 import numpy as np
 import torch
 from torchrl.data import Bounded, Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase, TransformedEnv
 from torchrl.envs.transforms import CatFrames
 
-from deflow_trl.data.names import DATASET_TYPES, known_env_ids, parse_ogbench_name
-from deflow_trl.envs import OGBenchEnv, _PrivateStream
+from deflow_trl.console import ensure_headless_gl
+from deflow_trl.envs.names import DATASET_TYPES, known_env_ids, parse_ogbench_name
+from deflow_trl.envs.ogbench import OGBenchEnv, _PrivateStream
 
-__all__ = ["VisualOGBenchEnv", "make_pixel_env", "visual_env_id", "ensure_headless_gl", "FRAME_SHAPE"]
+__all__ = ["VisualOGBenchEnv", "make_pixel_env", "visual_env_id", "FRAME_SHAPE"]
 
 # OGBench's visual envs render 64x64 RGB frames (ogbench.manipspace: visual_dict width/height).
 FRAME_SHAPE = (64, 64, 3)
-
-
-def ensure_headless_gl() -> None:
-    """Let MuJoCo render off-screen: select EGL when no GL backend was asked for (Linux).
-
-    ``MUJOCO_GL`` is read once, when ``mujoco`` is imported; ``import deflow_trl`` already
-    imports it (through ogbench), so setting the variable later has no effect. When the
-    variable was unset (MuJoCo then picks GLFW, which needs a display) and there is no
-    ``DISPLAY``, this sets ``MUJOCO_GL=egl`` and, if ``mujoco`` is already loaded, points
-    its renderer at the EGL context. An explicit ``MUJOCO_GL`` (egl, osmesa, glx, glfw) is
-    left alone.
-
-    Raises ``RuntimeError`` naming the fix if EGL cannot be loaded.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    requested = os.environ.get("MUJOCO_GL", "").lower().strip()
-    gl_context = sys.modules.get("mujoco.rendering.classic.gl_context")
-    if gl_context is None:  # mujoco not loaded yet: it will read MUJOCO_GL itself
-        if not requested and not os.environ.get("DISPLAY"):
-            os.environ["MUJOCO_GL"] = "egl"
-            if "OpenGL" not in sys.modules:
-                os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
-        return
-    if getattr(gl_context, "_MUJOCO_GL", "") in ("egl", "osmesa", "glx"):
-        return  # mujoco already renders headless
-    if (requested or ("" if os.environ.get("DISPLAY") else "egl")) != "egl":
-        return  # GLFW with a display, or another explicit choice
-    os.environ["MUJOCO_GL"] = "egl"
-    if "OpenGL" not in sys.modules:
-        os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
-    try:
-        from mujoco.egl import GLContext
-    except Exception as err:  # missing libEGL, PyOpenGL bound to another platform
-        raise RuntimeError(
-            "visual OGBench envs render with MuJoCo and need a headless OpenGL backend; EGL failed to load "
-            f"({type(err).__name__}: {err}). Install libEGL (e.g. apt-get install libegl1) or start Python with "
-            "MUJOCO_GL=osmesa (software) set before anything imports mujoco."
-        ) from err
-    gl_context.GLContext = GLContext  # mujoco.Renderer looks the context class up here at construction
 
 
 def visual_env_id(name: str) -> str:
@@ -181,7 +139,7 @@ def make_pixel_env(name: str, seed: int | None = None, *, frame_stack: int = 3, 
         device: device of the output tensors.
         **kwargs: passed to :class:`VisualOGBenchEnv` (``max_episode_steps``, ``gym_env``, ...).
 
-    Works with :func:`deflow_trl.evaluation.evaluate`, ``env.rollout`` and TorchRL collectors.
+    Works with :func:`deflow_trl.envs.evaluation.evaluate`, ``env.rollout`` and TorchRL collectors.
     """
     if isinstance(frame_stack, bool) or not isinstance(frame_stack, int) or frame_stack < 1:
         raise ValueError(f"frame_stack must be an integer >= 1, got {frame_stack!r}")

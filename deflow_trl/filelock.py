@@ -1,4 +1,4 @@
-"""An OS-level lock on a run directory (or a dataset file), held for the life of a process.
+"""An OS-level lock on a file (a run directory's ``.lock``, a dataset being written), held for the life of a process.
 
 Two training commands on one run directory would both append to its metrics and
 race on checkpoint rotation; a second command started later would silently
@@ -39,7 +39,7 @@ import socket
 
 from deflow_trl.errors import RunLockedError
 
-__all__ = ["FileLock", "run_dir_lock"]
+__all__ = ["FileLock"]
 
 
 class FileLock:
@@ -106,8 +106,3 @@ def _read(fd: int) -> dict[str, str]:
     except OSError:
         return {}
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
-
-
-def run_dir_lock(run_dir: str) -> FileLock:
-    """The lock of a training run directory: ``<run_dir>/.lock``."""
-    return FileLock(os.path.join(run_dir, ".lock"), what=f"run directory {run_dir}")

@@ -12,6 +12,9 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig
 
+from deflow_trl.fql import make_fql
+from deflow_trl.make import make_deflow
+
 # make_deflow / make_fql keywords that each agent config provides.
 DEFLOW_KEYS = (
     "hidden_sizes", "num_critics", "num_flow_steps", "solver", "discount", "target_divergence", "q_agg",
@@ -42,11 +45,9 @@ def build_agent(agent: DictConfig, observation_dim: int, action_dim: int, device
     (e.g. ``encoder=`` for pixels)."""
     kind = agent_kind(agent)
     if kind == "fql":
-        from deflow_trl.fql import make_fql
 
         keys, make = FQL_KEYS, make_fql
     else:
-        from deflow_trl.make import make_deflow
 
         keys, make = DEFLOW_KEYS, make_deflow
     missing = [k for k in keys if k not in agent]

@@ -1,4 +1,4 @@
-"""Published OGBench numbers that ``deflow_trl.summarize`` prints beside a sweep's own.
+"""Published OGBench numbers that ``deflow_trl.app.summarize`` prints beside a sweep's own.
 
 Source: the DeFlow paper (Decoupling Manifold Modeling and Value Maximization
 for Offline Policy Extraction, arXiv 2601.10471), its state-based OGBench table:
@@ -10,7 +10,7 @@ protocol). Per run, the score is the mean of the last three evaluations
 project's design reference (``shared/DESIGN.md`` §3); ``tests/test_summarize.py``
 checks this module against that text.
 
-    >>> from deflow_trl.published import PUBLISHED
+    >>> from deflow_trl.app.published import PUBLISHED
     >>> PUBLISHED["puzzle-3x3-play"]
     {'DeFlow': 43.0, 'FQL': 30.0}
 

@@ -23,7 +23,7 @@ neither read nor advanced by the env.
 Seeding: ``set_seed(s)`` (TorchRL's ``GymEnv``) resets the env with ``seed=s``; a reset
 can also take the seed itself, ``env.reset(seed=s)``, and a batched env one seed per
 worker, ``env.reset(list_of_kwargs=[{"seed": s0}, {"seed": s1}, ...])``: this is how
-:func:`deflow_trl.evaluation.evaluate` seeds each episode.
+:func:`deflow_trl.envs.evaluation.evaluate` seeds each episode.
 
 Episodes end on success (``terminated``, OGBench's ``terminate_at_goal``) or at the
 registered time limit (``truncated``): 200 steps for cube-single, 500 for
@@ -53,7 +53,7 @@ from torchrl.envs import EnvBase, GymEnv, TransformedEnv
 from torchrl.envs.gym_like import BaseInfoDictReader
 from torchrl.envs.transforms import Compose, DoubleToFloat, RewardSum, StepCounter
 
-from deflow_trl.data.names import DATASET_TYPES, known_env_ids, parse_ogbench_name
+from deflow_trl.envs.names import DATASET_TYPES, known_env_ids, parse_ogbench_name
 
 __all__ = ["make_ogbench_env", "make_batched_env", "singletask_env_id", "OGBenchGymEnv", "PrivateNumpyRNG",
            "SuccessReader", "OGBenchEnv"]
@@ -240,7 +240,7 @@ def _with_return(make_env: Callable[[], EnvBase]) -> EnvBase:
 
 class OGBenchEnv(EnvBase):
     """Deprecated for state-based envs (use :func:`make_ogbench_env`); the base of
-    :class:`deflow_trl.pixel_envs.VisualOGBenchEnv`, which reuses its reset/step/seed.
+    :class:`deflow_trl.envs.pixels.VisualOGBenchEnv`, which reuses its reset/step/seed.
 
     A hand-written ``EnvBase`` around ``gymnasium.make(<singletask id>)`` with the same keys
     as :func:`make_ogbench_env` minus ``step_count``/``episode_reward``. ``reset(seed=s)``

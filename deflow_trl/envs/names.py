@@ -12,7 +12,7 @@ every name is checked against the gymnasium registry that ``import ogbench``
 fills, so an unknown name fails here, before any file is opened.
 
 Examples:
-    >>> from deflow_trl.data.names import parse_ogbench_name
+    >>> from deflow_trl.envs.names import parse_ogbench_name
     >>> n = parse_ogbench_name("cube-single-play-singletask-task1-v0")
     >>> n.file_stem, n.env_id, n.dataset_type, n.singletask
     ('cube-single-play-v0', 'cube-single-singletask-task1-v0', 'play', True)
@@ -41,7 +41,7 @@ DATASET_TYPES = ("play", "noisy", "navigate", "stitch", "explore")
 
 # Families this project handles (state-based; powderworld is out of scope).
 _FAMILIES = ("cube", "scene", "puzzle", "pointmaze", "antmaze", "humanoidmaze", "antsoccer")
-# Pixel-based ("visual-") families handled by deflow_trl.data.pixels / deflow_trl.pixel_envs
+# Pixel-based ("visual-") families handled by deflow_trl.data.pixels / deflow_trl.envs.pixels
 # (the paper's visual table: manipulation only; visual mazes are not wired).
 _PIXEL_FAMILIES = ("cube", "scene", "puzzle")
 VISUAL_PREFIX = "visual-"
@@ -139,7 +139,7 @@ def parse_ogbench_name(name: str, pixels: bool | None = False) -> OGBenchName:
         raise ValueError(
             f"{name!r} is a pixel-based (visual) OGBench name: its observations are 64x64x3 uint8 frames, "
             "which this state-based path cannot load. Use deflow_trl.data.pixels.make_pixel_replay_buffer / "
-            "load_visual_dataset for data and deflow_trl.pixel_envs.make_pixel_env for the env "
+            "load_visual_dataset for data and deflow_trl.envs.pixels.make_pixel_env for the env "
             "(Hydra: env=visual_cube_single, visual_cube_double, visual_scene, visual_puzzle_3x3 or visual_puzzle_4x4)."
         )
     if not is_visual and pixels is True:

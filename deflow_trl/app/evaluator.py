@@ -25,7 +25,7 @@ Examples:
     >>> import torch
     >>> from omegaconf import OmegaConf
     >>> from deflow_trl.make import make_deflow
-    >>> from deflow_trl.evaluator import InlineEvaluator
+    >>> from deflow_trl.app.evaluator import InlineEvaluator
     >>> cfg = OmegaConf.create({"dataset": "cube-single-play-singletask-task1-v0", "seed": 0, "eval_episodes": 1,
     ...                         "eval_envs": 1, "env": {"pixels": False}})
     >>> policy, _ = make_deflow(28, 5, hidden_sizes=(8,), num_flow_steps=2)
@@ -48,6 +48,12 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from deflow_trl.app.agents import build_agent
+from deflow_trl.app.signals import STOP_SIGNALS
+from deflow_trl.console import quiet_app
+from deflow_trl.envs.evaluation import evaluate, make_eval_env
+from deflow_trl.envs.ogbench import make_batched_env
+
 __all__ = ["InlineEvaluator", "BackgroundEvaluator", "make_evaluator"]
 
 
@@ -60,22 +66,18 @@ class _Evaluation:
         self._single, self._batched, self._own_single = env, None, env is None
 
     def _env(self):
-        from deflow_trl.train import make_eval_env
-
+        frame_stack = self.cfg.env.frame_stack if self.cfg.env.get("pixels", False) else None
+        make_env = functools.partial(make_eval_env, self.cfg.dataset, self.cfg.seed, frame_stack)
         if self.num_envs > 1:
             if self._batched is None:  # built at the first evaluation, reused for the run (≈ 1-2 s per cube env)
-                from deflow_trl.envs import make_batched_env
-
-                self._batched = make_batched_env(functools.partial(make_eval_env, self.cfg, self.cfg.seed),
+                self._batched = make_batched_env(make_env,
                                                  self.num_envs, parallel=self.cfg.get("eval_parallel", False))
             return self._batched
         if self._single is None:
-            self._single = make_eval_env(self.cfg, self.cfg.seed)
+            self._single = make_env()
         return self._single
 
     def __call__(self, policy) -> dict:
-        from deflow_trl.evaluation import evaluate
-
         t0 = time.perf_counter()
         result = evaluate(policy, self._env(), self.cfg.eval_episodes, seed=self.cfg.seed, progress=False,
                           num_envs=self.num_envs, max_steps=self.max_steps)
@@ -121,7 +123,6 @@ class _stop_signals_ignored:
     """Ignore the trainer's stop signals in this process for the duration (main thread only; else a no-op)."""
 
     def __enter__(self):
-        from deflow_trl.signals import STOP_SIGNALS
 
         self._saved = {}
         for sig in STOP_SIGNALS:
@@ -141,14 +142,11 @@ class _stop_signals_ignored:
 def _start_worker(parent: int, cfg: dict, obs_shape, act_dim: int, extra: dict, max_steps: int | None) -> None:
     # The trainer handles Ctrl-C / SIGTERM / SIGUSR1 / SIGUSR2 (finish, save, stop) and then shuts this
     # process down; signals sent to the whole process group must not kill an evaluation under it.
-    from deflow_trl.signals import STOP_SIGNALS
 
     for sig in STOP_SIGNALS:  # also ignored since the spawn (inherited); set here in case that was not possible
         signal.signal(sig, signal.SIG_IGN)
     _exit_with_parent(parent)
     torch.set_num_threads(1)
-    from deflow_trl.agents import build_agent
-    from deflow_trl.cli import quiet_app
 
     quiet_app()
     config = OmegaConf.create(cfg)
@@ -185,7 +183,7 @@ class BackgroundEvaluator:
 
     Args:
         cfg: the run's resolved config (agent, env, dataset, seed, eval_episodes, eval_envs).
-        obs_shape, act_dim, extra: what :func:`~deflow_trl.agents.build_agent` was given for the trainer's policy.
+        obs_shape, act_dim, extra: what :func:`~deflow_trl.app.agents.build_agent` was given for the trainer's policy.
         max_steps: cap on episode length (tests); None: the env's own time limit.
     """
 
