@@ -8,8 +8,12 @@
    does not know, even one added with Hydra's ``+`` (``+agent.hidden_sise=[8]``
    would otherwise train with the default widths: nothing reads it). The schema
    is the union of the shipped configs' fields (every agent's and suite's;
-   ``tests/test_packaging.py`` checks every file): a new config field goes into
-   its dataclass here. A known field missing from a config is not added;
+   ``tests/test_packaging.py`` checks every file). The agent part is derived:
+   the builders' keywords (names, types, defaults read from the signatures of
+   ``make_deflow`` and ``make_fql``) plus :class:`AgentAppFields`, so a new agent
+   hyperparameter is a new builder keyword (and its YAML line); any other new
+   config field goes into its dataclass here. A known field missing from a
+   config is not added (so schema defaults are never used);
 2. checks values and cross-field rules that types cannot say
    (:func:`check_config`): ranges, names of samplers/backends/storages/devices,
    logger packages importable.
@@ -36,17 +40,22 @@ Examples:
 """
 from __future__ import annotations
 
+import collections.abc
 import difflib
 import importlib.util
+import inspect
 import math
-from dataclasses import dataclass, field
+import types
+import typing
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any, List, Optional
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from deflow_trl.actor import SAMPLING_MODES
+from deflow_trl.app.agents import BUILDERS, config_keywords
 from deflow_trl.backends import BACKENDS
 from deflow_trl.data import parse_ogbench_name
 from deflow_trl.errors import ConfigError
@@ -58,29 +67,60 @@ __all__ = ["validate_config", "typed_config", "check_config", "resolve_device", 
 
 # ----------------------------------------------------------------------------- schema (types only)
 @dataclass
-class AgentSchema:
-    """Agent fields: the union of ``deflow_trl/configs/agent/*.yaml`` (an agent uses its own subset)."""
+class AgentAppFields:
+    """The agent fields that are not builder keywords: the app reads them itself (their one home)."""
 
-    name: str = "deflow"
-    kind: str = "deflow"  # fql: builder of deflow_trl.app.agents
-    alpha: float = 10.0  # fql: distillation weight
-    hidden_sizes: List[int] = field(default_factory=lambda: [512, 512, 512, 512])
-    num_critics: int = 2
-    num_flow_steps: int = 10
-    solver: str = "euler"
-    discount: float = 0.99
-    target_divergence: float = 1e-3
-    q_agg: str = "mean"
-    normalize_q_loss: bool = True
-    init_log_alpha: float = 1.0
-    lr: float = 3e-4
-    tau: float = 0.005
-    refine: bool = True
-    sampling: str = "plain"
-    num_samples: int = 10
-    refine_iterations: int = 5
-    backend: str = "auto"
-    bf16_solves: Any = False  # true | false | auto (checked in _check_agent)
+    name: str = "deflow"  # the agent's label: run dirs runs/<name>/<dataset>/seed<seed>, logs
+    kind: str = "deflow"  # which builder: deflow (make_deflow) | fql (make_fql); deflow_trl.app.agents.BUILDERS
+    lr: float = 3e-4  # the learning rate of the run's one Adam (every parameter of the loss)
+    tau: float = 0.005  # Polyak rate of the target critic (SoftUpdate)
+
+
+def _schema_type(annotation: Any) -> Any:
+    """The structured-config type for a builder annotation: int/float/str/bool as they are, a sequence of
+    them as a ``List``, ``Optional`` of a plain type kept, anything else (``bool | str``, callables) ``Any``."""
+    plain = (int, float, str, bool)
+    if annotation in plain:
+        return annotation
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (list, tuple, collections.abc.Sequence):  # Sequence[int], tuple[int, ...], list[float]
+        items = {a for a in args if a is not Ellipsis}
+        item = items.pop() if len(items) == 1 else Any
+        return List[item if item in plain else Any]
+    if origin in (typing.Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        if type(None) in args and len(rest) == 1 and rest[0] in plain:
+            return Optional[rest[0]]
+    return Any  # bool | str, callables, modules, no annotation
+
+
+def _builder_fields() -> list[tuple[str, Any, Any]]:
+    """``(name, type, field)`` of every keyword that an agent config sets, from the builders' signatures
+    (:func:`deflow_trl.app.agents.config_keywords`), make_deflow's first. A keyword of both builders takes
+    make_deflow's default (``normalize_q_loss``: True; make_fql's is False): the schema default is never
+    used, as :func:`typed_config` keeps only the keys the config has (``fql.yaml`` sets its own)."""
+    out: dict[str, tuple[str, Any, Any]] = {}
+    for make in BUILDERS.values():
+        for name, param in config_keywords(make).items():
+            if name in out:
+                continue
+            default = param.default
+            if default is inspect.Parameter.empty:
+                spec = field(default=MISSING)  # a required keyword: every config of that agent must set it
+            elif isinstance(default, (list, tuple)):
+                spec = field(default_factory=lambda d=default: list(d))
+            else:
+                spec = field(default=default)
+            out[name] = (name, _schema_type(param.annotation), spec)
+    return list(out.values())
+
+
+# Agent fields: the app's own (AgentAppFields) plus the keywords of every builder (an agent uses its own
+# subset). Types and defaults come from the builders' signatures: a new hyperparameter is a new builder keyword.
+AgentSchema = make_dataclass("AgentSchema", _builder_fields(), bases=(AgentAppFields,), namespace={
+    "__doc__": "Agent fields: :class:`AgentAppFields` + the keywords of make_deflow and make_fql.",
+    "__module__": __name__,  # make_dataclass's module= is Python >= 3.12
+})
 
 
 @dataclass
