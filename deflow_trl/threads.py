@@ -1,0 +1,121 @@
+"""Threads that fit the machine: how many CPUs this process may really use, and how idle threads wait.
+
+``os.cpu_count()`` counts the machine's CPUs, not this process's: a ``taskset`` or SLURM
+``--cpus-per-task`` affinity mask, or a container's cgroup CPU quota, leaves fewer. torch sizes its
+intra-op pool from the machine, so in those places its OpenMP threads outnumber the cores they may
+run on and wait for each other at every parallel region. :func:`usable_cpus` reads the affinity mask
+and the cgroup quota (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``); :func:`resolve_threads` turns the
+app's ``threads`` setting (``auto`` or a count) into a thread count, refusing a count above what is
+usable in one line.
+
+How idle threads wait is the other half. GNU OpenMP (torch's CPU pool on Linux) lets a thread that
+finished its share *spin* for a while before sleeping; when another process holds one of the cores,
+the spinning thread steals time from the very thread it waits for. ``OMP_WAIT_POLICY=PASSIVE`` makes
+them sleep at once. It is read when the OpenMP runtime starts (at ``import torch``), so
+:func:`prefer_passive_wait` can only set it in an entry point that has not imported torch yet; the
+measured effect of each policy, quiet and beside a CPU-bound neighbour, is in ``docs/results.md``
+("Threads") and is what the app's default follows (``benchmarks/neighbour.py`` measures it).
+
+Examples:
+    >>> usable_cpus() >= 1
+    True
+    >>> resolve_threads("auto") == usable_cpus()
+    True
+    >>> try:
+    ...     resolve_threads(0)
+    ... except ValueError as err:
+    ...     print(err)
+    threads must be 'auto' or a count >= 1, got 0
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+__all__ = ["cgroup_cpu_limit", "prefer_passive_wait", "resolve_threads", "usable_cpus", "WAIT_POLICY_VAR"]
+
+WAIT_POLICY_VAR = "OMP_WAIT_POLICY"
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def cgroup_cpu_limit(root: str = "/sys/fs/cgroup") -> float | None:
+    """CPUs allowed by this process's cgroup quota (e.g. 1.5), or None when there is no quota.
+
+    cgroup v2: ``<root>/<cgroup path>/cpu.max`` (``"<quota> <period>"`` or ``"max <period>"``);
+    cgroup v1: ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` (quota -1: none). The process's own
+    cgroup is read from ``/proc/self/cgroup`` and the root's file is the fallback.
+    """
+    own = ""
+    text = _read("/proc/self/cgroup") or ""
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) == 3 and (parts[0] == "0" or "cpu" in parts[1].split(",")):
+            own = parts[2].lstrip("/")
+            break
+    for directory in dict.fromkeys((os.path.join(root, own), root, os.path.join(root, "cpu"), os.path.join(root, "cpu,cpuacct"))):
+        v2 = _read(os.path.join(directory, "cpu.max"))
+        if v2:
+            quota, _, period = v2.partition(" ")
+            if quota != "max" and period:
+                return int(quota) / int(period)
+            return None
+        quota, period = _read(os.path.join(directory, "cpu.cfs_quota_us")), _read(os.path.join(directory, "cpu.cfs_period_us"))
+        if quota and period:
+            return None if int(quota) < 0 else int(quota) / int(period)
+    return None
+
+
+def usable_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by the cgroup quota (rounded up), at least 1."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cpus = os.cpu_count() or 1
+    limit = cgroup_cpu_limit()
+    if limit is not None:
+        cpus = min(cpus, max(1, math.ceil(limit)))
+    return max(1, cpus)
+
+
+def resolve_threads(value: int | str) -> int:
+    """The thread count for ``threads=value``: ``auto`` → :func:`usable_cpus`; a count must be 1…usable.
+
+    Raises ``ValueError`` with one line naming the value and the usable CPUs.
+    """
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return usable_cpus()
+    try:
+        count = int(value)
+        if isinstance(value, bool) or count != float(value):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ValueError(f"threads must be 'auto' or a count >= 1, got {value!r}") from None
+    if count < 1:
+        raise ValueError(f"threads must be 'auto' or a count >= 1, got {count}")
+    usable = usable_cpus()
+    if count > usable:
+        raise ValueError(f"threads={count} but this process may use only {usable} CPU(s) "
+                         f"(affinity mask and cgroup quota): use threads=auto or a count <= {usable}")
+    return count
+
+
+def prefer_passive_wait() -> bool:
+    """Sets ``OMP_WAIT_POLICY=PASSIVE`` unless the user chose a policy; True if it will take effect.
+
+    Only an entry point may call it, before ``import torch`` (the OpenMP runtime reads the variable once,
+    when torch loads it); later it changes nothing and returns False.
+    """
+    if WAIT_POLICY_VAR in os.environ:
+        return False
+    if "torch" in sys.modules:
+        return False
+    os.environ[WAIT_POLICY_VAR] = "PASSIVE"
+    return True
