@@ -61,6 +61,7 @@ from deflow_trl.data import parse_ogbench_name
 from deflow_trl.errors import ConfigError
 from deflow_trl.hardware import resolve_bf16_solves  # the one place that knows the accepted values
 from deflow_trl.sampler import check_solver
+from deflow_trl.threads import resolve_threads
 
 __all__ = ["validate_config", "typed_config", "check_config", "resolve_device", "TrainSchema"]
 
@@ -190,6 +191,7 @@ class TrainSchema:
     overwrite: bool = False
     init_from: Optional[str] = None
     device: str = "cpu"
+    threads: Any = "auto"  # auto | a count (deflow_trl.threads.resolve_threads checks it)
     compile_update: bool = True
     progress: bool = True
     debug: bool = False
@@ -337,6 +339,10 @@ def check_config(cfg: DictConfig) -> None:
             f"logger={backend} needs the {package} package, which is not installed: "
             f"pip install torch==2.13.0 {package}  (or use logger=csv)")
     resolve_device(cfg.device)
+    try:
+        resolve_threads(cfg.get("threads", "auto"))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def validate_config(cfg: DictConfig) -> DictConfig:

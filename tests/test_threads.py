@@ -1,0 +1,71 @@
+"""Threads that fit the machine (``deflow_trl/threads.py``; ``docs/design.md`` §7): usable CPUs from the affinity
+mask and the cgroup quota, the app's ``threads`` setting, and the passive OpenMP wait policy."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from deflow_trl import threads
+
+
+def _fake_cgroup(monkeypatch, proc_cgroup: str):
+    real = threads._read
+    monkeypatch.setattr(threads, "_read", lambda path: proc_cgroup if path == "/proc/self/cgroup" else real(path))
+
+
+@pytest.mark.parametrize("cpu_max,expected", [("150000 100000", 1.5), ("max 100000", None), ("50000 100000", 0.5)])
+def test_cgroup_v2_quota(tmp_path, monkeypatch, cpu_max, expected):
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "cpu.max").write_text(cpu_max + "\n")
+    _fake_cgroup(monkeypatch, "0::/job\n")
+    assert threads.cgroup_cpu_limit(str(tmp_path)) == expected
+
+
+def test_cgroup_v1_quota_and_no_cgroup(tmp_path, monkeypatch):
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("200000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    _fake_cgroup(monkeypatch, "4:cpu,cpuacct:/\n")
+    assert threads.cgroup_cpu_limit(str(tmp_path)) == 2.0
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert threads.cgroup_cpu_limit(str(tmp_path)) is None
+    assert threads.cgroup_cpu_limit(str(tmp_path / "missing")) is None
+
+
+def test_usable_cpus_is_the_affinity_mask_capped_by_the_quota(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    monkeypatch.setattr(threads, "cgroup_cpu_limit", lambda root="/sys/fs/cgroup": None)
+    assert threads.usable_cpus() == 8
+    monkeypatch.setattr(threads, "cgroup_cpu_limit", lambda root="/sys/fs/cgroup": 2.5)  # a container's quota
+    assert threads.usable_cpus() == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})  # taskset -c 3 / a SLURM job of one CPU
+    assert threads.usable_cpus() == 1
+    monkeypatch.setattr(threads, "cgroup_cpu_limit", lambda root="/sys/fs/cgroup": 0.2)
+    assert threads.usable_cpus() == 1
+
+
+def test_resolve_threads_accepts_auto_and_counts_and_refuses_the_rest_in_one_line(monkeypatch):
+    monkeypatch.setattr(threads, "usable_cpus", lambda: 2)
+    assert threads.resolve_threads("auto") == 2 and threads.resolve_threads(1) == 1 and threads.resolve_threads("2") == 2
+    for bad, message in [(0, "got 0"), (-3, "got -3"), ("abc", "got 'abc'"), (1.5, "got 1.5"), (True, "got True"),
+                         (3, r"threads=3 but this process may use only 2 CPU\(s\)")]:
+        with pytest.raises(ValueError, match=message) as err:
+            threads.resolve_threads(bad)
+        assert "\n" not in str(err.value)
+
+
+def test_prefer_passive_wait_only_before_torch_and_never_over_a_user_choice():
+    code = ("import os, sys; from deflow_trl import threads; first = threads.prefer_passive_wait(); "
+            "print(first, os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "PASSIVE", "False"]  # importing deflow_trl.threads does not import torch
+    out = subprocess.run([sys.executable, "-c", code], env=env | {"OMP_WAIT_POLICY": "ACTIVE"}, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out == ["False", "ACTIVE", "False"]
+    late = "import torch, os; from deflow_trl import threads; print(threads.prefer_passive_wait(), os.environ.get('OMP_WAIT_POLICY'))"
+    out = subprocess.run([sys.executable, "-c", late], env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "None"]  # too late to matter: left alone
