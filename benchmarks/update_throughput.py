@@ -349,7 +349,7 @@ def _peak_memory_mb(device) -> float:
 
 def pixel_benchmark(args, device) -> dict:
     """``--config pixels``: one update with impala_small encoders ×3 and 4×512 heads on
-    ``[B, 64, 64, 9]`` uint8 batches (DESIGN.md §3): eager vs compiled, the peak memory of
+    ``[B, 64, 64, 9]`` uint8 batches (docs/design.md §3): eager vs compiled, the peak memory of
     each mode's first update (CPU: the process's peak RSS growth, so the modes run eager first)."""
     if args.threads:
         torch.set_num_threads(args.threads)

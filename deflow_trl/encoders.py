@@ -3,7 +3,7 @@
 An encoder maps an observation batch ``[*B, H, W, C]`` — channels-last, as OGBench
 stores frames, uint8 (0..255) or float on the same scale — to features ``[*B, F]``
 and exposes ``out_features`` (F). DeFlow builds one encoder per network (critic,
-velocity field, refiner), as the public reference does (DESIGN.md §3, "Pixel suites").
+velocity field, refiner), as the public reference does (docs/design.md §3, "Pixel suites").
 
 ``impala_small`` is the reference's encoder of that name (FQL's ``utils/encoders.py``:
 ``ImpalaEncoder(num_blocks=1)``), layer for layer:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-# δ / IAV ratios (DESIGN.md §2): fine manipulation is tighter than locomotion.
+# δ / IAV ratios (docs/design.md §2): fine manipulation is tighter than locomotion.
 _DELTA_RATIO = {
     "cube": 0.1,
     "scene": 0.1,

@@ -1,6 +1,6 @@
 """Networks of DeFlow: velocity field, refiner and the critic ensemble.
 
-Defaults follow the public reference (DESIGN.md §2): MLPs of 4 hidden layers of
+Defaults follow the public reference (docs/design.md §2): MLPs of 4 hidden layers of
 512 units, GELU with the tanh approximation (JAX's default), Xavier-uniform
 weights and zero biases. Only the critic uses LayerNorm (after the activation,
 eps 1e-6 as in Flax).

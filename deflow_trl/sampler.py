@@ -6,7 +6,7 @@ no-grad solves, benchmarks) goes through :func:`solve_flow` or a
 loop and nothing else (:class:`FlowSampler`'s ``backend``; the backends live
 in :mod:`deflow_trl.backends` and :mod:`deflow_trl.kernels`).
 
-Exact savings built in (DESIGN.md §4): the observation's share of the first
+Exact savings built in (docs/design.md §4): the observation's share of the first
 layer (``W_obs s + b``) is computed once per sample, not once per step, and
 the time input enters as a per-step bias ``t · w_t``.
 """

@@ -1,4 +1,4 @@
-"""Core library: networks, actor, DeFlowLoss (DESIGN.md §2)."""
+"""Core library: networks, actor, DeFlowLoss (docs/design.md §2)."""
 import math
 
 import pytest

@@ -1,4 +1,4 @@
-"""Fidelity to the public reference (issue 9): the formulas of DESIGN.md §2-3 where they
+"""Fidelity to the public reference (issue 9): the formulas of docs/design.md §2-3 where they
 once differed — λ, the critic loss's scale, iterative candidates, per-suite settings."""
 import glob
 import os
@@ -109,7 +109,7 @@ def test_sampling_defaults_are_the_references():
     assert (policy.num_samples, policy.refine_iterations) == (10, 5)
 
 
-# DESIGN.md §3, from the reference's published commands: suite → (default task, γ, q_agg, δ).
+# docs/design.md §3, from the reference's published commands: suite → (default task, γ, q_agg, δ).
 REFERENCE_SUITES = {
     "antmaze-large-navigate": (1, 0.99, "min", 1e-2),
     "antmaze-giant-navigate": (1, 0.995, "min", 1e-2),

@@ -34,7 +34,7 @@ def bandit_data(n, obs_dim=2, act_dim=2, action_std=0.3, seed=0):
 
 def train(loss, data, steps, batch_size=128, lr=1e-3, alpha_lr=None, seed=0):
     """Adam over loss.parameters(); optionally a faster, separate learning rate for
-    log α (the dual variable is slow by design at lr 3e-4, DESIGN.md §6)."""
+    log α (the dual variable is slow by design at lr 3e-4, docs/design.md §6)."""
     torch.manual_seed(seed)
     others = [p for n, p in loss.named_parameters() if n != "log_alpha"]
     groups = [{"params": others}, {"params": [loss.log_alpha], "lr": alpha_lr or lr}]

@@ -421,7 +421,7 @@ def test_visual_configs(suite, delta, fql_alpha):
     with initialize_config_dir(config_dir=os.path.abspath(CONFIG_DIR), version_base=None):
         cfg = compose("train", overrides=[f"env={suite}", "+experiment=visual"])
     assert (cfg.env.target_divergence, cfg.env.discount, cfg.env.q_agg, cfg.task) == (delta, 0.99, "mean", 1)
-    assert cfg.agent.target_divergence == delta and cfg.env.fql_alpha == fql_alpha  # DESIGN.md §3
+    assert cfg.agent.target_divergence == delta and cfg.env.fql_alpha == fql_alpha  # docs/design.md §3
     assert (cfg.env.pixels, cfg.env.frame_stack, cfg.env.encoder) == (True, 3, "impala_small")
     assert (cfg.env.augment_prob, cfg.env.crop_padding) == (0.5, 3)
     assert (cfg.offline_steps, cfg.eval_interval, cfg.eval_episodes) == (500_000, 100_000, 50)

@@ -7,7 +7,7 @@ rate in percent, with 8 seeds per task, for DeFlow and for FQL (Flow Q-Learning,
 Park et al., arXiv 2502.02538, the paper's main baseline, reported with the same
 protocol). Per run, the score is the mean of the last three evaluations
 (800K, 900K, 1M steps; 50 episodes each). The values are those collected in the
-project's design reference (``shared/DESIGN.md`` §3); ``tests/test_summarize.py``
+project's design reference (``docs/design.md`` §3); ``tests/test_summarize.py``
 checks this module against that text.
 
     >>> from deflow_trl.app.published import PUBLISHED
