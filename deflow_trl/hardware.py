@@ -3,7 +3,7 @@
 bf16 pays only where the hardware multiplies bf16 natively. Elsewhere it is
 *emulated* and slower than fp32: on an AVX2-only AMD EPYC (Zen 3) a bf16
 GEMM runs at ≈ 1 GFLOP/s, and the sampler's ``*-bf16`` backends and the
-loss's ``bf16_solves=True`` were measured ≈ 4× slower than fp32 (NOTES.md).
+loss's ``bf16_solves=True`` were measured ≈ 4× slower than fp32 (docs/results.md).
 
 :func:`native_bf16` says whether a device multiplies bf16 natively:
 

@@ -15,7 +15,7 @@ numbers, strings and containers of them. RNG state is TorchRL's
 :class:`~torchrl.checkpoint.GlobalRNGState` (CUDA included).
 
 Why not ``torchrl.checkpoint.Checkpoint`` + ``CheckpointRotation`` for the files
-themselves (torchrl 0.14.1, probed in NOTES.md): they publish atomically too, but
+themselves (torchrl 0.14.1, probed in docs/history.md): they publish atomically too, but
 (1) nothing is fsync'ed, so a power loss after the rename can leave a checkpoint
 with empty payloads; (2) ``load_latest`` raises on a corrupt newest checkpoint
 instead of falling back to the previous valid one; (3) a save killed midway leaves

@@ -15,7 +15,7 @@ What it is for: a GPU run, whose GPU idles while an inline evaluation steps MuJo
 machine with cores to spare. The worker runs one thread; the trainer's thread count is left alone, so on
 a CPU-only machine give the trainer one core fewer (``OMP_NUM_THREADS``). On a 2-core CPU it does not pay:
 switching the trainer between 2 and 1 threads around each evaluation was measured slower than evaluating
-inline (the compiled update recompiles per thread count and its kernels specialise on it; ``NOTES.md``).
+inline (the compiled update recompiles per thread count and its kernels specialise on it; ``docs/results.md``).
 
 A checkpoint written while the evaluation of its own step is still running records that step
 (``eval_pending``); a run resumed from it evaluates that step again first, from the checkpoint's weights

@@ -19,7 +19,7 @@ gets the same start and the same noise whichever env slot runs it. The actions t
 float32 round-off (~1e-7: a matrix product over N rows sums in another order than over one),
 and MuJoCo's contact dynamics can amplify that over a long episode into another outcome
 (cube-single, 50 episodes of a trained actor: 15 vs 14 successes sequential vs ``SerialEnv(2)``;
-NOTES). ``batch_invariant=True`` computes each env's action in its own policy call, as the
+docs/results.md). ``batch_invariant=True`` computes each env's action in its own policy call, as the
 sequential run does: then the per-episode successes, returns and lengths are identical
 sequentially, on a ``SerialEnv`` or on a ``ParallelEnv`` (tested), and only the env stepping
 is batched. A policy
