@@ -66,7 +66,7 @@ def test_core_works_without_the_app_extra(tmp_path):
         except ImportError as err:
             print("LAZY:", err)
         from deflow_trl.app.cli import train
-        modules = ["deflow_trl.app.train", "deflow_trl.data.generate", "deflow_trl.data.iav_cli", "deflow_trl.app.summarize"]
+        modules = ["deflow_trl.train", "deflow_trl.data.generate", "deflow_trl.data.iav_cli", "deflow_trl.summarize"]
         for entry in [train] + [lambda m=m: runpy.run_module(m, run_name="__main__") for m in modules]:
             try:
                 entry()
@@ -83,7 +83,7 @@ def test_core_works_without_the_app_extra(tmp_path):
     errors = proc.stderr.strip().splitlines()
     assert errors == [f"[deflow_trl] error: deflow-train {missing}"] + [
         f"[deflow_trl] error: python -m {m} {missing}"
-        for m in ("deflow_trl.app.train", "deflow_trl.data.generate", "deflow_trl.data.iav_cli", "deflow_trl.app.summarize")
+        for m in ("deflow_trl.train", "deflow_trl.data.generate", "deflow_trl.data.iav_cli", "deflow_trl.summarize")
     ], proc.stderr[-3000:]
 
 
@@ -105,9 +105,12 @@ def test_dependencies_split_core_and_app():
 @pytest.mark.parametrize("script,module", [("generate", "deflow_trl.data.generate"), ("iav", "deflow_trl.data.iav_cli"),
                                            ("summarize", "deflow_trl.app.summarize")])
 def test_console_scripts_reach_their_main(monkeypatch, capsys, script, module):
+    import importlib
+
     import deflow_trl.app.cli as cli
 
-    monkeypatch.setattr(cli, "quiet_app", lambda: None)  # the test process keeps its filters and environment
+    # the test process keeps its filters and environment: the app module's own quiet_app does nothing here
+    monkeypatch.setattr(importlib.import_module(module), "quiet_app", lambda: None, raising=False)
     monkeypatch.setattr(sys, "argv", [f"deflow-{script}", "--help"])
     with pytest.raises(SystemExit) as stop:
         getattr(cli, script)()
@@ -117,11 +120,68 @@ def test_console_scripts_reach_their_main(monkeypatch, capsys, script, module):
 
 
 # ----------------------------------------------------------------------------- the wheel
+def make_venv(venv) -> str:
+    """A new venv without pip (``pip --python`` installs into it); the path of its Python."""
+    done = subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stdout[-1500:] + done.stderr[-3000:]
+    return str(venv / "bin" / "python")
+
+
+def see_this_environment(python: str) -> None:
+    """Makes the venv of ``python`` see the packages of the interpreter running the tests, after its own.
+
+    ``venv --system-site-packages`` is not enough: made from a venv's Python (``/work/venv/bin/python``),
+    the new venv sees the *base* interpreter's site-packages, not that venv's (where torch is). So a
+    ``.pth`` file in the new venv's site-packages adds the running interpreter's site directories with
+    ``site.addsitedir`` (their own ``.pth`` files apply, as with ``--system-site-packages``). They come
+    after the venv's own site-packages on ``sys.path``, so a package installed there (the wheel) wins over
+    the same name here (an editable install of this repo, whose finder is consulted after the path).
+    Call it after installing into the venv: pip would otherwise find this environment's ``deflow_trl``
+    of the same version and skip the wheel.
+    """
+    import site
+    import sysconfig
+
+    ours = site.getsitepackages() + [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    if site.ENABLE_USER_SITE:
+        ours.append(site.getusersitepackages())
+    ours = [d for i, d in enumerate(ours) if os.path.isdir(d) and d not in ours[:i]]
+    done = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    theirs = done.stdout.strip()
+    assert theirs not in ours, (theirs, ours)
+    with open(os.path.join(theirs, "_deflow_tests_outer_environment.pth"), "w") as f:
+        f.writelines(f"import site; site.addsitedir({d!r})\n" for d in ours)
+
+
+def test_a_venv_made_from_this_interpreter_sees_its_packages_and_its_own_first(tmp_path):
+    """The venv the wheel test installs into imports torch from the environment running the tests (a venv
+    itself, or the base interpreter), while a package in its own site-packages wins over the same name there."""
+    venv = tmp_path / "venv"
+    python = make_venv(venv)
+    see_this_environment(python)
+    (own,) = [p for p in (venv / "lib").glob("python*/site-packages")]
+    (own / "deflow_trl").mkdir()
+    (own / "deflow_trl" / "__init__.py").write_text("")
+    code = "import deflow_trl, torch; print(deflow_trl.__file__); print(torch.__file__)"
+    done = subprocess.run([python, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=_clean_env(),
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ours, torch_file = done.stdout.split()
+    assert ours.startswith(str(own)), ours
+    import torch
+
+    assert os.path.samefile(torch_file, torch.__file__), (torch_file, torch.__file__)
+
+
 @pytest.mark.slow
 def test_wheel_in_a_fresh_venv_finds_its_configs_and_trains_quietly(tiny_ogbench_dir, tmp_path):
-    """Build a wheel, install it (no deps) into a venv that sees the system's torch etc., run it outside the repo.
+    """Build a wheel, install it (no deps) into a fresh venv that sees the test environment's torch etc.
+    (:func:`see_this_environment`: the tests may run in a venv themselves), run it outside the repo.
 
-    The system may hold an editable install of this repo: the venv's site-packages come first on
+    The test environment may hold an editable install of this repo: the venv's site-packages come first on
     ``sys.path`` (and the editable finder is consulted after the path), so the wheel's copy wins;
     the test checks that it does.
     """
@@ -131,27 +191,32 @@ def test_wheel_in_a_fresh_venv_finds_its_configs_and_trains_quietly(tiny_ogbench
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(os.path.join(ROOT, name), src / name)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(tmp_path / "dist"),
-                    str(src)], check=True, cwd=tmp_path, timeout=120)
+    built = subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w",
+                            str(tmp_path / "dist"), str(src)], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert built.returncode == 0, built.stdout[-1500:] + built.stderr[-3000:]
     (wheel,) = (tmp_path / "dist").glob("deflow_trl-*.whl")
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
-    python = str(venv / "bin" / "python")
-    subprocess.run([*pip, "--python", python, "install", "--no-deps", "--no-index", str(wheel)], check=True, timeout=120)
+    python = make_venv(venv)
+    installed = subprocess.run([*pip, "--python", python, "install", "--no-deps", "--no-index", str(wheel)],
+                               capture_output=True, text=True, timeout=120)
+    assert installed.returncode == 0, installed.stdout[-1500:] + installed.stderr[-3000:]
+    see_this_environment(python)  # after the install: pip would skip a wheel of the version seen here
     work = tmp_path / "elsewhere"
     work.mkdir()
     env = _clean_env()
 
     where = subprocess.run([python, "-c", "import deflow_trl.app.train as t, os; print(t.__file__); "
                             "print(os.path.isfile(os.path.join(t.CONFIG_DIR, 'train.yaml')))"],
-                           capture_output=True, text=True, cwd=work, env=env, timeout=120, check=True).stdout.split()
+                           capture_output=True, text=True, cwd=work, env=env, timeout=120)
+    assert where.returncode == 0, where.stderr[-3000:]
+    where = where.stdout.split()
     assert where[0].startswith(str(venv)) and where[1] == "True", where
 
     train = str(venv / "bin" / "deflow-train")
     for script in ("deflow-generate", "deflow-iav", "deflow-summarize"):
         assert os.access(venv / "bin" / script, os.X_OK), script
     helped = subprocess.run([train, "--help"], capture_output=True, text=True, cwd=work, env=env, timeout=120)
-    assert helped.returncode == 0, helped.stderr[-2000:]
+    assert helped.returncode == 0, helped.stdout[-1500:] + helped.stderr[-3000:]
     assert re.search(r"^experiment: .*\bquick\b", helped.stdout, re.M), helped.stdout  # the installed configs
 
     run_dir = tmp_path / "run"

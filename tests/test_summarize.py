@@ -146,6 +146,80 @@ def test_an_error_logged_by_an_earlier_attempt_does_not_fail_a_run_that_later_fi
     assert S.inspect_run(d)["status"] == "complete"
 
 
+def test_a_job_refused_before_its_record_is_listed_with_its_reason_and_never_averaged(tmp_path, capsys):
+    """A sweep job that its checks refused leaves only ``FAILED`` (no ``.hydra/``): summarize lists it
+    (table and --json) with the marker's first line, and averages only the complete run."""
+    make_run(tmp_path, task=1, seed=0, evals=full(0.5, 0.5, 0.5))
+    refused = tmp_path / "cube-single-play" / "deflow" / "task9" / "seed0"
+    refused.mkdir(parents=True)
+    (refused / "FAILED").write_text("task must be one of 1..5 (OGBench single-task ids), got 9\n")
+    S.main([str(tmp_path), "--json", str(tmp_path / "s.json")])
+    out = capsys.readouterr().out
+    data = json.load(open(tmp_path / "s.json"))
+    by_dir = {r["run_dir"]: r for r in data["runs"]}
+    assert set(by_dir) == {"cube-single-play/deflow/task1/seed0", "cube-single-play/deflow/task9/seed0"}
+    job = by_dir["cube-single-play/deflow/task9/seed0"]
+    assert (job["status"], job["score"]) == ("failed", None)
+    assert job["reason"] == "refused (FAILED: task must be one of 1..5 (OGBench single-task ids), got 9)"
+    (row,) = data["rows"]
+    assert row["task"] == 1 and row["runs"] == 1 and row["mean"] == pytest.approx(50.0)
+    assert data["suites"][0]["tasks"] == [1]
+    assert ("| cube-single-play/deflow/task9/seed0 | failed | refused (FAILED: task must be one of 1..5 "
+            "(OGBench single-task ids), got 9) |") in out
+
+
+def test_json_names_run_directories_relative_to_the_directory_given(tmp_path, monkeypatch, capsys):
+    """A committed summary must not carry the absolute paths of the machine that made it: run directories
+    (in runs and in warnings) are relative to the directory given, or to the common parent of several."""
+    make_run(tmp_path / "sweepA", seed=0, evals=full(0.2, 0.2, 0.2))
+    crashed = make_run(tmp_path / "sweepA", seed=1, evals=full(0.2))
+    (tmp_path / "sweepA" / "cube-single-play" / "deflow" / "task1" / "seed1" / "FAILED").write_text("boom\n")
+    make_run(tmp_path / "sweepB", seed=0, evals=full(0.4, 0.4, 0.4))  # seed 0 again: a warning names both
+    assert os.path.isabs(crashed)
+
+    def summary(*args):
+        S.main([*args, "--json", str(tmp_path / "s.json")])
+        text = open(tmp_path / "s.json").read()
+        assert str(tmp_path) not in text and os.sep + "tmp" not in text, text
+        return json.loads(text)
+
+    seeds = ["cube-single-play/deflow/task1/seed0", "cube-single-play/deflow/task1/seed1"]
+    data = summary(str(tmp_path / "sweepA"))
+    assert [r["run_dir"] for r in data["runs"]] == seeds
+    assert "  failed: cube-single-play/deflow/task1/seed1: crashed (FAILED: boom)" in data["warnings"][0]
+    monkeypatch.chdir(tmp_path)
+    assert [r["run_dir"] for r in summary("sweepA")["runs"]] == seeds  # a relative root: the same names
+    assert [r["run_dir"] for r in summary("sweepA/cube-single-play/deflow/task1/seed0")["runs"]] == ["."]
+    data = summary(str(tmp_path / "sweepA"), str(tmp_path / "sweepB"))
+    assert [r["run_dir"] for r in data["runs"]] == [f"sweepA/{seeds[0]}", f"sweepA/{seeds[1]}", f"sweepB/{seeds[0]}"]
+    assert any(f"(sweepA/{seeds[0]}, sweepB/{seeds[0]})" in w for w in data["warnings"]), data["warnings"]
+    assert "runs not averaged (directories under .):" in capsys.readouterr().out
+
+
+def test_committed_json_results_carry_no_machine_paths():
+    """The JSON results under docs/ (summaries, benchmarks) name no absolute path of the machine that made them."""
+    def strings(value):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                yield from strings(k)
+                yield from strings(v)
+        elif isinstance(value, list):
+            for v in value:
+                yield from strings(v)
+        elif isinstance(value, str):
+            yield value
+
+    docs = os.path.join(REPO, "docs")
+    found = {}
+    for name in sorted(os.listdir(docs)):
+        if name.endswith(".json"):
+            with open(os.path.join(docs, name)) as f:
+                paths = [s for s in strings(json.load(f)) if re.search(r"(^|[\s=:'\"(])(/|~/|[A-Za-z]:\\)\w", s)]
+            if paths:
+                found[name] = paths[:3]
+    assert found == {}
+
+
 @pytest.mark.parametrize("case", ["missing", "empty", "only_failed"])
 def test_bad_directories_give_one_clear_message(tmp_path, case):
     root = tmp_path / "sweep"
@@ -190,7 +264,7 @@ def test_json_table_and_plots(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- published numbers
-EXPECTED = {  # DESIGN.md §3, "Published 5-task averages (success %, 8 seeds): DeFlow / FQL"
+EXPECTED = {  # docs/design.md §3, "Published 5-task averages" (success %, 8 seeds): DeFlow / FQL
     "antmaze-large-navigate": (81, 79), "antmaze-giant-navigate": (12, 9), "humanoidmaze-medium-navigate": (48, 58),
     "humanoidmaze-large-navigate": (5, 4), "antsoccer-arena-navigate": (67, 60), "cube-single-play": (96, 96),
     "cube-double-play": (40, 29), "scene-play": (51, 56), "puzzle-3x3-play": (43, 30), "puzzle-4x4-play": (11, 17),
@@ -205,22 +279,16 @@ def test_published_table_matches_the_design_reference():
     names = {OmegaConf.load(os.path.join(REPO, "deflow_trl", "configs", "env", f)).name
              for f in os.listdir(os.path.join(REPO, "deflow_trl", "configs", "env"))}
     assert {n for n in names if not n.startswith("visual-")} == set(PUBLISHED)
-    design = os.path.join(REPO, os.pardir, "shared", "DESIGN.md")
-    if not os.path.isfile(design):
-        pytest.skip("shared/DESIGN.md is not beside the repository")
-    text = " ".join(open(design).read().split())
-    block = text.split("Published 5-task averages")[1].split("Offline→online")[0]
-    short = {"antmaze-large": "antmaze-large-navigate", "antmaze-giant": "antmaze-giant-navigate",
-             "humanoidmaze-medium": "humanoidmaze-medium-navigate", "humanoidmaze-large": "humanoidmaze-large-navigate",
-             "antsoccer": "antsoccer-arena-navigate", "cube-single": "cube-single-play", "cube-double": "cube-double-play",
-             "scene": "scene-play", "puzzle-3x3": "puzzle-3x3-play", "puzzle-4x4": "puzzle-4x4-play"}
-    found = {short[name]: (float(a), float(b)) for name, a, b in re.findall(r"([a-z0-9-]+) (\d+)/(\d+)", block)
-             if name in short}
-    assert found == {k: (v["DeFlow"], v["FQL"]) for k, v in PUBLISHED.items()}
-    assert re.search(r"visual manipulation \(5 tasks\) 69/65", block)
-    online = text.split("Offline→online (+1M steps), DeFlow:")[1].split("##")[0]
-    parsed = {name: (float(a), float(b)) for name, a, b in re.findall(r"([a-z0-9-]+) (\d+)→(\d+)", online)}
-    assert {short[k]: v for k, v in parsed.items()} == PUBLISHED_OFFLINE_TO_ONLINE
+    # The project's design document states the same tables (its §3); read them back from the markdown.
+    text = open(os.path.join(REPO, "docs", "design.md"), encoding="utf-8").read()
+    section = text.split("### Published 5-task averages")[1].split("\n## ")[0]
+    averages, online = section.split("Offline → online")
+    rows = re.findall(r"^\| ([a-z0-9 ()-]+?) \| (\d+) \| (\d+) \|$", averages, re.M)
+    found = {name: (float(a), float(b)) for name, a, b in rows}
+    assert found.pop("visual manipulation (5 tasks)") == (69.0, 65.0)
+    assert found == {k: (v["DeFlow"], v["FQL"]) for k, v in PUBLISHED.items()} == EXPECTED
+    parsed = {name: (float(a), float(b)) for name, a, b in re.findall(r"^\| ([a-z0-9-]+) \| (\d+) \| (\d+) \|$", online, re.M)}
+    assert parsed == PUBLISHED_OFFLINE_TO_ONLINE
 
 
 # ----------------------------------------------------------------------------- the paper experiment

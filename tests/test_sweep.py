@@ -32,40 +32,50 @@ def run_dir(sweep_dir, task):
     return os.path.join(str(sweep_dir), "cube-single-play", "deflow", f"task{task}", "seed0")
 
 
-def summarize_both(sweep_dir, tmp_path, capsys, steps):
-    """summarize reads the sweep: two complete runs, one per task, and the 2-task suite row."""
+def summarize_both(sweep_dir, tmp_path, capsys, steps, refused=None):
+    """summarize reads the sweep: two complete runs, one per task, and the 2-task suite row; ``refused``:
+    ``(task, reason)`` of a job the config checks refused, listed (not averaged) after them."""
     S.main([str(sweep_dir), "--json", str(tmp_path / "summary.json")])
     out = capsys.readouterr().out
     data = json.load(open(tmp_path / "summary.json"))
-    assert [(r["status"], r["task"], r["seed"], r["last_eval_step"]) for r in data["runs"]] == [
-        ("complete", 1, 0, steps), ("complete", 2, 0, steps)]
+    assert [(r["status"], r.get("task"), r.get("seed"), r["last_eval_step"]) for r in data["runs"]] == [
+        ("complete", 1, 0, steps), ("complete", 2, 0, steps)] + ([("failed", None, None, None)] if refused else [])
+    assert [r["run_dir"] for r in data["runs"][:2]] == [f"cube-single-play/deflow/task{t}/seed0" for t in (1, 2)]
+    if refused is not None:
+        task, reason = refused
+        (job,) = data["runs"][2:]
+        assert (job["run_dir"], job["reason"], job["score"]) == (
+            f"cube-single-play/deflow/task{task}/seed0", f"refused (FAILED: {reason})", None)
+        assert f"| cube-single-play/deflow/task{task}/seed0 | failed | refused (FAILED: {reason}) |" in out
     assert [r["dataset"] for r in data["rows"]] == [f"cube-single-play-singletask-task{t}-v0" for t in (1, 2)]
     (suite,) = data["suites"]
     assert suite["tasks"] == [1, 2] and suite["seeds"] == 1 and 0 <= suite["mean"] <= 100
-    assert suite["mean"] == pytest.approx(sum(r["score"] for r in data["runs"]) / 2)
+    assert suite["mean"] == pytest.approx(sum(r["score"] for r in data["runs"][:2]) / 2)  # never the refused job
     assert "| cube-single-play | deflow | 1,2 | 1 |" in out
     return data
 
 
 @pytest.mark.slow
 def test_joblib_sweep_runs_jobs_in_parallel_and_summarize_reads_them(tiny_ogbench_dir, tmp_path, capsys):
-    """2 runs (tasks 1, 2) plus a job on an unknown task (7): the bad job gets one clear line, the others finish."""
+    """2 runs (tasks 1, 2) plus a job on an unknown task (9): the bad job gets one clear line, the others finish;
+    summarize lists the refused job (its directory holds only the FAILED marker) with its reason, not averaged."""
     sweep = tmp_path / "joblib"
     cmd = sweep_command(sweep, tiny_ogbench_dir, "joblib", "hydra.launcher.n_jobs=2", "offline_steps=4",
                         "eval_interval=2", "save_interval=4", "log_interval=2")
-    cmd[cmd.index("task=1,2")] = "task=1,2,7"
+    cmd[cmd.index("task=1,2")] = "task=1,2,9"
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=ENV)
     errors = [line for line in done.stderr.splitlines() if line.startswith("[deflow_trl] error:")]
-    assert errors == ["[deflow_trl] error: task must be one of 1..5 (OGBench single-task ids), got 7"], done.stderr[-3000:]
+    refusal = "task must be one of 1..5 (OGBench single-task ids), got 9"
+    assert errors == [f"[deflow_trl] error: {refusal}"], done.stderr[-3000:]
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     for task in (1, 2):
         state, _ = load_latest_checkpoint(os.path.join(run_dir(sweep, task), "checkpoints"))
         assert state["step"] == 4
-    assert not os.path.isdir(os.path.join(run_dir(sweep, 7), "checkpoints"))
+    assert os.listdir(run_dir(sweep, 9)) == ["FAILED"]  # refused before its record: no .hydra/, no checkpoints
     # The joblib workers' failure reaches the launching process: listed, exit status 1.
     assert done.returncode == 1 and "1 job(s) of the sweep failed" in done.stderr, done.stderr[-3000:]
-    assert open(os.path.join(run_dir(sweep, 7), "FAILED")).read().startswith("task must be one of 1..5")
-    summarize_both(sweep, tmp_path, capsys, steps=4)
+    assert open(os.path.join(run_dir(sweep, 9), "FAILED")).read().startswith("task must be one of 1..5")
+    summarize_both(sweep, tmp_path, capsys, steps=4, refused=(9, refusal))
 
 
 def _checkpoint_step(directory):

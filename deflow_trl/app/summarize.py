@@ -13,6 +13,8 @@ What it computes (the OGBench protocol of the FQL and DeFlow papers):
    marker: its first line is the reason) or an ``[ERROR]`` line in its log
    while its evaluations are incomplete, or whose config
    cannot be read, is listed with the reason and left out of every average.
+   A job its checks refused (a bad config, missing data) leaves only the
+   ``FAILED`` marker in its directory: it is listed as ``failed`` too.
 2. **Per (agent, dataset)**: runs are grouped by seed. Several runs of one seed
    (the same seed launched twice, in two sweep directories) are *one* seed: their
    scores are averaged into that seed's score and a warning names them. Then
@@ -26,10 +28,13 @@ What it computes (the OGBench protocol of the FQL and DeFlow papers):
    marked ``paper`` only when it follows the published protocol: 5 tasks, 1M
    offline steps, no online steps, an evaluation every 100K steps, 50 episodes.
 
-Runs are found recursively: any directory holding ``.hydra/config.yaml`` or
-``metrics/scalars`` (``.submitit`` folders are skipped). Agent, suite, task,
-dataset, seed and the step budget come from the run's ``.hydra/config.yaml``.
-Output: a table per (agent, dataset), a table per (agent, suite), warnings on
+Runs are found recursively: any directory holding ``.hydra/config.yaml``,
+``metrics/scalars`` or a ``FAILED`` marker (``.submitit`` folders are skipped).
+Agent, suite, task, dataset, seed and the step budget come from the run's
+``.hydra/config.yaml``. Run directories are reported relative to the directory
+given (several: to their common parent), so a summary names no machine's paths.
+Output: a table per (agent, dataset), a table per (agent, suite), a table of the
+runs not averaged (failed, unfinished, unknown) with the reason, warnings on
 stderr; ``--json`` writes all of it (runs, rows, suites, warnings),
 ``--plot`` learning curves (mean ± std over seeds per (agent, dataset)),
 ``--bar-plot`` the per-suite numbers beside the published ones.
@@ -67,13 +72,13 @@ class SummaryError(ValueError):
 # ----------------------------------------------------------------------------- runs
 def find_run_dirs(root: str) -> list[str]:
     """Every run directory under ``root`` (itself included): those holding
-    ``.hydra/config.yaml`` or ``metrics/scalars``. Hidden folders (``.submitit``,
-    ``.hydra``) are not searched."""
+    ``.hydra/config.yaml``, ``metrics/scalars`` or a ``FAILED`` marker (a sweep job
+    refused before it wrote its record leaves only that). Hidden folders
+    (``.submitit``, ``.hydra``) are not searched."""
     found = []
-    for dirpath, dirnames, _ in os.walk(root):
-        if os.path.isfile(os.path.join(dirpath, ".hydra", "config.yaml")) or os.path.isdir(
-            os.path.join(dirpath, "metrics", "scalars")
-        ):
+    for dirpath, dirnames, filenames in os.walk(root):
+        if (os.path.isfile(os.path.join(dirpath, ".hydra", "config.yaml"))
+                or os.path.isdir(os.path.join(dirpath, "metrics", "scalars")) or FAILED_MARKER in filenames):
             found.append(dirpath)
             dirnames[:] = []  # a run directory holds no other run
         else:
@@ -101,6 +106,18 @@ def _failure_marker(run_dir: str) -> str | None:
     if reason is None:
         return None
     return f"crashed ({FAILED_MARKER}: {reason})" if reason else f"crashed ({FAILED_MARKER} marker)"
+
+
+def _refusal_marker(run_dir: str) -> str | None:
+    """For a run directory without a readable config: ``refused (FAILED: <its first line>)`` when it holds a
+    ``FAILED`` marker and no ``.hydra/config.yaml`` (the app writes its record only once every check passed,
+    so such a job never started), ``crashed (...)`` when the config is there but unreadable, else None."""
+    if os.path.isfile(os.path.join(run_dir, ".hydra", "config.yaml")):
+        return _failure_marker(run_dir)
+    reason = failure_reason(run_dir)
+    if reason is None:
+        return None
+    return f"refused ({FAILED_MARKER}: {reason})" if reason else f"refused ({FAILED_MARKER} marker)"
 
 
 def _logged_error(run_dir: str) -> str | None:
@@ -168,8 +185,9 @@ def inspect_run(run_dir: str) -> dict:
 
     ``status`` is ``"complete"`` (every configured evaluation present: ``score``
     is the mean of the last three, in %), ``"failed"`` (a ``FAILED`` marker or an
-    ``[ERROR]`` log line), ``"unfinished"`` (evaluations stop early or miss one:
-    killed, preempted, or still running) or ``"unknown"`` (no readable config).
+    ``[ERROR]`` log line; a job refused before it wrote its record has only the
+    marker, and no config fields), ``"unfinished"`` (evaluations stop early or miss
+    one: killed, preempted, or still running) or ``"unknown"`` (no readable config).
     ``reason`` says why for all but complete runs.
     """
     steps, success = read_scalar(run_dir, "eval/success_rate")
@@ -178,7 +196,11 @@ def inspect_run(run_dir: str) -> dict:
     try:
         record.update(_read_config(run_dir))
     except ValueError as err:
-        record.update(status="unknown", reason=str(err))
+        refused = _refusal_marker(run_dir)
+        if refused is not None:
+            record.update(status="failed", reason=refused)
+        else:
+            record.update(status="unknown", reason=str(err))
         return record
     total = record["offline_steps"] + record["online_steps"]
     expected = expected_eval_steps(total, record["eval_interval"])
@@ -274,9 +296,15 @@ def summarize_runs(runs: list[dict]) -> tuple[list[dict], list[dict], list[str]]
     return rows, suites, warnings
 
 
+def relative_base(roots: list[str]) -> str:
+    """The directory run directories are reported relative to: the root given, or the common parent of several."""
+    return os.path.commonpath([os.path.abspath(r) for r in roots])
+
+
 def summarize(roots: list[str]) -> dict:
     """Everything ``summarize`` reports for these run or sweep directories, as one JSON-able dict:
-    ``runs`` (one record per run, see ``inspect_run``), ``rows`` (per agent and dataset), ``suites``
+    ``runs`` (one record per run, see ``inspect_run``; its ``run_dir`` relative to the root given, or to
+    the common parent of several roots: ``relative_base``), ``rows`` (per agent and dataset), ``suites``
     (per agent and suite, with the published numbers), ``warnings``, ``source`` (of the published numbers).
 
     Raises ``SummaryError`` when a root is not a directory, holds no run, or holds no complete run.
@@ -284,13 +312,16 @@ def summarize(roots: list[str]) -> dict:
     missing = [r for r in roots if not os.path.isdir(r)]
     if missing:
         raise SummaryError(f"not a directory: {', '.join(missing)}")
-    dirs = sorted({d for root in roots for d in find_run_dirs(root)})
+    base = relative_base(roots)
+    dirs = sorted({os.path.abspath(d) for root in roots for d in find_run_dirs(root)})
     if not dirs:
         raise SummaryError(
-            f"no run directory under {', '.join(roots)} (a run directory holds .hydra/config.yaml or "
-            "metrics/scalars); pass a run or sweep directory, e.g. runs/paper"
+            f"no run directory under {', '.join(roots)} (a run directory holds .hydra/config.yaml, "
+            "metrics/scalars or a FAILED marker); pass a run or sweep directory, e.g. runs/paper"
         )
     runs = [inspect_run(d) for d in dirs]
+    for r in runs:  # a summary (and its --json) names no machine's paths
+        r["run_dir"] = os.path.relpath(r["run_dir"], base)
     rows, suites, warnings = summarize_runs(runs)
     bad = [r for r in runs if r["status"] != "complete"]
     if bad:
@@ -311,6 +342,17 @@ def format_table(rows: list[dict]) -> str:
         per_seed = ", ".join(f"{s:.1f}" for s in r["per_seed"])
         lines.append(f"| {r['agent']} | {r['dataset']} | {r['mean']:.1f} ± {r['std']:.1f} | {r['seeds']} | "
                      f"{per_seed} | {r['last_step']} |")
+    return "\n".join(lines)
+
+
+def format_not_averaged(runs: list[dict]) -> str:
+    """Markdown table: every run left out of the averages (failed, refused, unfinished, unknown) and why;
+    "" when every run is complete."""
+    bad = [r for r in runs if r["status"] != "complete"]
+    if not bad:
+        return ""
+    lines = ["| run (not averaged) | status | reason |", "| --- | --- | --- |"]
+    lines += [f"| {r['run_dir']} | {r['status']} | {(r['reason'] or '').replace('|', '/')} |" for r in bad]
     return "\n".join(lines)
 
 
@@ -380,7 +422,7 @@ def plot_sweep(roots: list[str], out: str) -> str:
     for d in sorted({d for root in roots for d in find_run_dirs(root)}):
         r = inspect_run(d)
         steps, values = read_scalar(d, "eval/success_rate")
-        if r["status"] != "unknown" and len(steps):
+        if "agent" in r and len(steps):  # a run with a readable config
             curves[(r["agent"], r["dataset"])].append((steps, values))
     fig, ax = plt.subplots(figsize=(6, 4))
     for (agent, dataset), runs in sorted(curves.items()):
@@ -445,6 +487,12 @@ def main(argv: list[str] | None = None) -> None:
         print()
         print(format_suite_table(result["suites"]))
         print(f"(published: {SOURCE})")
+        not_averaged = format_not_averaged(result["runs"])
+        if not_averaged:
+            base = relative_base(a.roots)
+            here = os.path.relpath(base)
+            print(f"\nruns not averaged (directories under {base if here.startswith(os.pardir) else here}):")
+            print(not_averaged)
         if a.json:
             try:
                 with open(a.json, "w") as f:
