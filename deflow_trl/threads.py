@@ -33,7 +33,7 @@ import math
 import os
 import sys
 
-__all__ = ["cgroup_cpu_limit", "prefer_passive_wait", "resolve_threads", "usable_cpus", "WAIT_POLICY_VAR"]
+__all__ = ["apply_threads", "cgroup_cpu_limit", "prefer_passive_wait", "resolve_threads", "usable_cpus", "WAIT_POLICY_VAR"]
 
 WAIT_POLICY_VAR = "OMP_WAIT_POLICY"
 
@@ -119,3 +119,20 @@ def prefer_passive_wait() -> bool:
         return False
     os.environ[WAIT_POLICY_VAR] = "PASSIVE"
     return True
+
+
+def apply_threads(value: int | str) -> int:
+    """Sets torch's intra-op threads for ``threads=value`` and returns the count in use.
+
+    ``auto`` defers to an ``OMP_NUM_THREADS`` the user exported (torch already follows it) and otherwise
+    uses :func:`usable_cpus`; a count is checked by :func:`resolve_threads` and set as given.
+    """
+    import torch  # lazy: this module is imported by entry points before torch (prefer_passive_wait)
+
+    auto = isinstance(value, str) and value.strip().lower() == "auto"
+    if auto and os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    count = resolve_threads(value)
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
+    return count

@@ -142,16 +142,16 @@ def test_bad_configs_fail_before_any_work(tiny_ogbench_dir, tmp_path, overrides,
 def test_batched_evaluation_env_is_built_once_and_closed(tiny_ogbench_dir, tmp_path, monkeypatch):
     """eval_envs > 1: one batched env for all of the run's evaluations (building one costs ≈ 2 s per env),
     closed when the run ends."""
-    import deflow_trl.envs
+    import deflow_trl.app.evaluator
 
     built = []
-    real = deflow_trl.envs.make_batched_env
+    real = deflow_trl.app.evaluator.make_batched_env
 
     def counting(*args, **kwargs):
         built.append(real(*args, **kwargs))
         return built[-1]
 
-    monkeypatch.setattr(deflow_trl.envs, "make_batched_env", counting)
+    monkeypatch.setattr(deflow_trl.app.evaluator, "make_batched_env", counting)
     cfg = config(tiny_ogbench_dir, "offline_steps=4", "eval_interval=2", "eval_envs=2", "eval_episodes=2",
                  "log_interval=2", "save_interval=100")
     run(cfg, str(tmp_path))
@@ -237,3 +237,55 @@ def test_sigkill_at_any_moment_never_corrupts_and_resumes(tiny_ogbench_dir, tmp_
     assert not [f for f in os.listdir(ckpt_dir) if f.endswith(".tmp")]
 
 
+
+
+def test_slowdown_watch_warns_once_against_the_runs_own_warm_rate():
+    """Fake rates, no timing: warm-up skipped, baseline = the fastest of the next windows, one warning."""
+    from deflow_trl.app.progress import SlowdownWatch
+
+    watch = SlowdownWatch(threads=2, cpus=2)
+    assert [watch.observe(r) for r in (5.0, 90.0, 100.0, 95.0)] == [None] * 4  # 5/s: compiling, not a baseline
+    assert watch.baseline == 100.0 and not watch.slow
+    assert watch.observe(40.0) is None and not watch.slow  # slower, not under a third
+    warning = watch.observe(30.0)
+    assert "30.0 steps/s from 100.0 steps/s" in warning and "torch runs 2 threads on 2 cores" in warning
+    assert "another process" in warning and "threads=1" in warning
+    assert watch.slow and watch.postfix() == {"slow": "30/s (was 100/s): CPU shared?"}
+    assert watch.observe(10.0) is None and watch.slow  # said once; the bar keeps showing it
+    assert watch.observe(100.0) is None and watch.postfix() == {}  # recovered
+    assert watch.observe(10.0) is None  # a second drop: still once per run
+    watch.restart()  # a new phase (online): its own warm-up and baseline, the warning stays given
+    assert [watch.observe(r) for r in (1.0, 10.0, 10.0, 10.0, 3.0)] == [None] * 5 and watch.slow
+    started_slow = SlowdownWatch()
+    assert all(started_slow.observe(r) is None for r in (1.0, 2.0, 2.0, 2.0, 2.0, 1.0))  # never above itself
+
+
+def test_a_run_that_slows_down_says_so_once(tiny_ogbench_dir, tmp_path, monkeypatch, caplog):
+    """A patched clock: 1 ms per update for 10 updates, then 10 ms; the rate logged says so and one warning
+    names both rates (log and train.log)."""
+    import types
+
+    import deflow_trl.app.train as train
+
+    now, real = [0.0], train.make_update
+
+    def make_update(*args, **kwargs):
+        update, calls = real(*args, **kwargs), []
+
+        def timed(batch):
+            calls.append(1)
+            now[0] += 0.001 if len(calls) <= 10 else 0.01
+            return update(batch)
+        return timed
+
+    monkeypatch.setattr(train, "make_update", make_update)
+    monkeypatch.setattr(train, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    run(config(tiny_ogbench_dir, "offline_steps=20", "log_interval=2", "eval_interval=100", "save_interval=100"),
+        str(tmp_path))
+    steps, rates = read_scalar(str(tmp_path), "time/steps_per_s")
+    assert steps.tolist() == list(range(2, 21, 2))
+    np.testing.assert_allclose(rates, [1000.0] * 5 + [100.0] * 5)
+    said = [r.getMessage() for r in caplog.records if "training slowed" in r.getMessage()]
+    assert len(said) == 1 and "100.0 steps/s from 1000.0 steps/s" in said[0] and "threads=1" in said[0]
+    with open(tmp_path / "train.log") as f:
+        assert f.read().count("training slowed") == 1

@@ -23,9 +23,11 @@ before it resumed. Known errors are one line (:mod:`deflow_trl.errors`; ``debug=
 or ``DEFLOW_DEBUG=1`` for tracebacks); in a ``-m`` sweep a failed job is listed at
 the end and the others still run.
 
-The loop reads top to bottom: check the config → data → networks, loss,
-optimiser → offline steps (update, log, evaluate, checkpoint) → online steps
-(a TorchRL collector adds env transitions to the same buffer) → final plot.
+:func:`run` checks the config and locks the run directory; :class:`TrainingRun` holds the run's
+state and reads as its stages, top to bottom: resume rules → data → networks, loss, optimiser →
+checkpoint → the run's record → replay buffer → offline steps (update, log, evaluate, checkpoint) →
+online steps (a TorchRL collector adds env transitions to the same buffer) → final plot. A training
+rate that falls far under the run's own earlier rate is said once (:mod:`deflow_trl.app.progress`).
 """
 from __future__ import annotations
 
@@ -55,6 +57,7 @@ from deflow_trl.app.checkpoint import load_latest_checkpoint, rng_state, save_ch
 from deflow_trl.app.config_schema import check_config, resolve_device, validate_config  # noqa: F401 (re-exported)
 from deflow_trl.app.evaluator import make_evaluator
 from deflow_trl.app.plot import plot_run
+from deflow_trl.app.progress import SlowdownWatch
 from deflow_trl.app.rundir import (
     check_resume,
     clear_record,
@@ -80,6 +83,7 @@ from deflow_trl.envs import evaluation
 from deflow_trl.envs.evaluation import record_episode
 from deflow_trl.errors import ConfigError, debug_requested, one_line
 from deflow_trl.paths import check_writable, default_dataset_dir
+from deflow_trl.threads import apply_threads
 from deflow_trl.update import make_update
 
 log = logging.getLogger("deflow_trl.app.train")
@@ -202,6 +206,7 @@ def run(cfg: DictConfig, run_dir: str) -> dict:
     if header is None and (cfg.data.generate_if_missing or cfg.data.download):
         check_writable(cfg.data.dataset_dir or default_dataset_dir(), "data.dataset_dir")
     device = resolve_device(cfg.device)
+    apply_threads(cfg.get("threads", "auto"))  # before any torch work: the compiled update specialises on it
     if is_pixels(cfg) and cfg.logger.get("video", False):
         raise ConfigError("logger.video records state-based suites; a pixel suite's observations are its frames already")
     if cfg.get("eval_async", False) and cfg.logger.get("video", False):
@@ -213,244 +218,335 @@ def run(cfg: DictConfig, run_dir: str) -> dict:
         check_data_fits(cfg, eval_env, header)
         lock = run_dir_lock(run_dir)
         with lock:
-            return _train(cfg, run_dir, device, eval_env, lock)
+            return TrainingRun(cfg, run_dir, device, eval_env, lock).execute()
     finally:
         eval_env.close()
 
 
-def _train(cfg: DictConfig, run_dir: str, device: torch.device, eval_env, lock) -> dict:
-    """:func:`run` once the run directory is locked."""
+class TrainingRun:
+    """:func:`run` once the run directory is locked: one run's state, and its stages in the order
+    :meth:`execute` calls them.
 
-    recorded = False
-    file_log: logging.Handler | None = None
-    evaluator = None
-    scratch = os.path.join(run_dir, "buffer")
-    try:
-        ckpt_dir = os.path.join(run_dir, "checkpoints")
-        found = None if cfg.get("overwrite", False) else load_latest_checkpoint(ckpt_dir, move_corrupt=True)
-        resuming = check_resume(cfg, run_dir, found)
+    resume rules → data → networks (:meth:`build`) → checkpoint (:meth:`restore`) → record → buffer →
+    loop (offline steps, then online steps; each step: update, log, evaluate, checkpoint) → report.
+    The stages before :meth:`write_record` only check and load (a refused launch leaves no record);
+    :meth:`fail` and :meth:`close` handle an error and clean up. Each stage sets the state the next
+    ones read: :meth:`find_start` ``found``/``resuming``/``init``; :meth:`load_data` ``data`` and the
+    shapes; :meth:`build` ``policy``/``loss``/``optimizer``/``update``; :meth:`restore` ``state``/``step``;
+    :meth:`fill_buffer` ``buffer``; :meth:`start` ``metrics``/``evaluator``/``bar`` and the throughput
+    window (``window_*``, ``paused_s``: evaluation and checkpoint time, left out of ``time/steps_per_s``).
+    """
+
+    LOSS_KEYS = ("loss_qvalue", "loss_flow", "divergence", "alpha", "distill")  # on the progress bar
+
+    def __init__(self, cfg: DictConfig, run_dir: str, device: torch.device, eval_env, lock):
+        self.cfg, self.run_dir, self.device, self.eval_env, self.lock = cfg, run_dir, device, eval_env, lock
+        self.ckpt_dir = os.path.join(run_dir, "checkpoints")
+        self.scratch = os.path.join(run_dir, "buffer")  # a memmap buffer's files: scratch of this (locked) run
+        self.total = cfg.offline_steps + cfg.online_steps
+        self.recorded = False  # the run's record (.hydra/, train.log, metrics) is being written
+        self.file_log: logging.Handler | None = None
+        self.evaluator = None
+        self.step = 0
+        self.online = {"episodes": 0, "successes": 0}  # online counters, checkpointed with the rest
+        self.state = None  # the checkpoint this run resumes or starts from
+        self.last_eval: dict = {}
+        self.watch = SlowdownWatch()
+
+    def execute(self) -> dict:
+        """Every stage in order; returns the last evaluation."""
+        try:
+            self.find_start()
+            torch.manual_seed(self.cfg.seed)
+            self.load_data()
+            self.build()
+            self.restore()
+            self.write_record()
+            self.fill_buffer()
+            self.start()
+            self.loop()
+            return self.report()
+        except BaseException as err:
+            self.fail(err)
+            raise
+        finally:
+            self.close()
+
+    # ------------------------------------------------------------------------- before the record
+    def find_start(self) -> None:
+        """Resume rules: this run's latest checkpoint (resume=auto), else ``init_from``'s, else none."""
+        cfg = self.cfg
+        self.found = None if cfg.get("overwrite", False) else load_latest_checkpoint(self.ckpt_dir, move_corrupt=True)
+        self.resuming = check_resume(cfg, self.run_dir, self.found)
         # init_from: a new run starting from another run's checkpoint (e.g. online arms branching from one
         # offline run); once this run has its own checkpoint, it resumes from that and init_from is unused.
-        init = load_init_checkpoint(cfg) if cfg.get("init_from") and not resuming else None
-        torch.manual_seed(cfg.seed)
+        self.init = load_init_checkpoint(cfg) if cfg.get("init_from") and not self.resuming else None
 
-        # Data: the dataset is the replay buffer's initial content (pixels: a frame-stack buffer, built below).
+    def load_data(self) -> None:
+        """The dataset, the replay buffer's initial content (pixels: a frame-stack buffer, built later)."""
+        cfg, env = self.cfg, self.eval_env
         if is_pixels(cfg):
-            data = None
-            obs_shape = tuple(eval_env.observation_spec["observation"].shape)
-            act_dim, num_offline = eval_env.action_spec.shape[-1], 0
-            extra = {"encoder": cfg.env.encoder}
+            self.data = None
+            self.obs_shape = tuple(env.observation_spec["observation"].shape)
+            self.act_dim, self.num_offline = env.action_spec.shape[-1], 0
+            self.extra = {"encoder": cfg.env.encoder}
         else:
-            data = prepare_dataset(cfg)
-            check_data_fits(cfg, eval_env, {"path": cfg.dataset, "observations": tuple(data["observation"].shape),
-                                            "actions": tuple(data["action"].shape)})
-            num_offline = data.shape[0]
-            obs_shape, act_dim, extra = data["observation"].shape[-1], data["action"].shape[-1], {}
+            data = self.data = prepare_dataset(cfg)
+            check_data_fits(cfg, env, {"path": cfg.dataset, "observations": tuple(data["observation"].shape),
+                                       "actions": tuple(data["action"].shape)})
+            self.num_offline = data.shape[0]
+            self.obs_shape, self.act_dim, self.extra = data["observation"].shape[-1], data["action"].shape[-1], {}
 
-        # Networks, loss, optimiser, target updates.
-        policy, loss = build_agent(cfg.agent, obs_shape, act_dim, device, **extra)
-        optimizer = torch.optim.Adam(loss.parameters(), lr=cfg.agent.lr)
-        target_updater = SoftUpdate(loss, tau=cfg.agent.tau)
+    def build(self) -> None:
+        """Networks, loss, optimiser, target updates and the update step."""
+        cfg = self.cfg
+        self.policy, self.loss = build_agent(cfg.agent, self.obs_shape, self.act_dim, self.device, **self.extra)
+        self.optimizer = torch.optim.Adam(self.loss.parameters(), lr=cfg.agent.lr)
+        target_updater = SoftUpdate(self.loss, tau=cfg.agent.tau)
         if trains_flow_only(cfg.agent):
-            update = FlowBCUpdate(loss, optimizer)
-        else:
-            update = make_update(loss, optimizer, target_updater, compile=cfg.compile_update)
+            self.update = FlowBCUpdate(self.loss, self.optimizer)
+        else:  # make_update: this module's global, looked up now (tests patch it)
+            self.update = make_update(self.loss, self.optimizer, target_updater, compile=cfg.compile_update)
 
-        step = 0
-        online = {"episodes": 0, "successes": 0}  # online counters, checkpointed with the rest
-        state = None
-        if resuming or init:
-            state, path = found if resuming else init[:2]
-            try:
-                loss.load_state_dict(state["loss"])
-                optimizer.load_state_dict(state["optimizer"])
-            except (RuntimeError, ValueError, KeyError) as err:
-                raise ConfigError(
-                    f"the checkpoint {path} does not match this configuration (another agent or network size?): "
-                    f"{str(err).splitlines()[0]}; use another hydra.run.dir"
-                ) from None
-            if resuming or state.get("config", {}).get("seed") == cfg.seed:
-                set_rng_state(state["rng"])  # same seed: a branch continues exactly as its source would
-            step = int(state["step"])
-            online.update({k: int(v) for k, v in state.get("online_counters", {}).items()})
+    def restore(self) -> None:
+        """Weights, optimiser, step, online counters and (same seed) RNG of the checkpoint started from."""
+        if not (self.resuming or self.init):
+            return
+        self.state, self.start_path = self.found if self.resuming else self.init[:2]
+        try:
+            self.loss.load_state_dict(self.state["loss"])
+            self.optimizer.load_state_dict(self.state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise ConfigError(
+                f"the checkpoint {self.start_path} does not match this configuration (another agent or network "
+                f"size?): {str(err).splitlines()[0]}; use another hydra.run.dir"
+            ) from None
+        if self.resuming or self.state.get("config", {}).get("seed") == self.cfg.seed:
+            set_rng_state(self.state["rng"])  # same seed: a branch continues exactly as its source would
+        self.step = int(self.state["step"])
+        self.online.update({k: int(v) for k, v in self.state.get("online_counters", {}).items()})
 
-        # Every check passed: from here on the run writes its record.
+    # ------------------------------------------------------------------------- the record
+    def write_record(self) -> None:
+        """Every check passed: from here on the run writes its record (config, train.log, metrics)."""
+        cfg, run_dir = self.cfg, self.run_dir
         if cfg.get("overwrite", False):
             removed = clear_record(run_dir)
             if removed:
                 log.warning("overwrite=true: removed the earlier run's %s from %s", ", ".join(removed), run_dir)
-        elif resuming:
-            truncate_metrics(run_dir, step)  # rows logged after the checkpoint are logged again below
-        recorded = True
+        elif self.resuming:
+            truncate_metrics(run_dir, self.step)  # rows logged after the checkpoint are logged again below
+        self.recorded = True
         write_record(run_dir, cfg)
         clear_failed(run_dir)
         RECORDED_RUN_DIRS.add(run_dir)
-        file_log = logging.FileHandler(os.path.join(run_dir, "train.log"))
-        file_log.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
-        logging.getLogger().addHandler(file_log)
-        if resuming:
-            log.info("resumed from %s at step %d%s", path, step, " (init_from unused)" if cfg.get("init_from") else "")
-        elif init:
-            copied = copy_metrics(init[2], run_dir, step) if init[2] else 0
+        self.file_log = logging.FileHandler(os.path.join(run_dir, "train.log"))
+        self.file_log.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+        logging.getLogger().addHandler(self.file_log)
+        if self.resuming:
+            log.info("resumed from %s at step %d%s", self.start_path, self.step,
+                     " (init_from unused)" if cfg.get("init_from") else "")
+        elif self.init:
+            copied = copy_metrics(self.init[2], run_dir, self.step) if self.init[2] else 0
             log.info("started from %s at step %d (init_from; %d metric files of its run copied up to that step)",
-                     path, step, copied)
+                     self.start_path, self.step, copied)
 
-        # Room for every online step: nothing is evicted, and the online part is buffer[num_offline:].
-        # A memmap buffer is scratch owned by this (locked) run: rebuilt from the data at every start.
-        shutil.rmtree(scratch, ignore_errors=True)
+    def fill_buffer(self) -> None:
+        """The replay buffer: the dataset, then the checkpoint's online transitions.
+
+        Room for every online step: nothing is evicted, and the online part is buffer[num_offline:].
+        A memmap buffer is scratch owned by this (locked) run: rebuilt from the data at every start.
+        """
+        cfg = self.cfg
+        shutil.rmtree(self.scratch, ignore_errors=True)
         if is_pixels(cfg):
-
-            buffer = make_pixel_replay_buffer(
+            self.buffer = make_pixel_replay_buffer(
                 cfg.dataset, cfg.batch_size, frame_stack=cfg.env.frame_stack, augment_prob=cfg.env.augment_prob,
-                crop_padding=cfg.env.crop_padding, device=device, storage=cfg.data.storage, scratch_dir=scratch,
-                dataset_dir=cfg.data.dataset_dir, download=cfg.data.download,
+                crop_padding=cfg.env.crop_padding, device=self.device, storage=cfg.data.storage,
+                scratch_dir=self.scratch, dataset_dir=cfg.data.dataset_dir, download=cfg.data.download,
             )
-            num_offline = len(buffer)
+            self.num_offline = len(self.buffer)
         else:
-            buffer = replay_buffer_from_transitions(
-                data, cfg.batch_size, capacity=num_offline + cfg.online_steps, storage=cfg.data.storage,
-                scratch_dir=scratch,
+            self.buffer = replay_buffer_from_transitions(
+                self.data, cfg.batch_size, capacity=self.num_offline + cfg.online_steps, storage=cfg.data.storage,
+                scratch_dir=self.scratch,
             )
-        if state is not None and state.get("online_data") is not None:
-            buffer.extend(TensorDict.from_dict(state["online_data"], batch_dims=1))
+        if self.state is not None and self.state.get("online_data") is not None:
+            self.buffer.extend(TensorDict.from_dict(self.state["online_data"], batch_dims=1))
 
-        metrics = Metrics(cfg, run_dir)
-        total = cfg.offline_steps + cfg.online_steps
-        last_eval: dict = {}
+    # ------------------------------------------------------------------------- the loop
+    def start(self) -> None:
+        """Loggers, evaluator, throughput clock and progress bar; a lost evaluation of the checkpoint's step."""
+        cfg = self.cfg
+        self.metrics = Metrics(cfg, self.run_dir)
         # Inline (training waits) or eval_async=true: a worker process evaluates while training goes on.
-        evaluator = make_evaluator(cfg, eval_env, obs_shape, act_dim, extra)
-        saved = {"step": step if resuming else -1, "path": found[1] if resuming else None}
-
-        def save() -> str:
-            state = {"step": step, "loss": loss.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(),
-                     "config": OmegaConf.to_container(cfg, resolve=True), "online_counters": dict(online)}
-            if len(buffer) > num_offline:
-                state["online_data"] = buffer[num_offline : len(buffer)].to_dict()
-            if evaluator.pending:  # its own step's evaluation still running: a resume evaluates it again
-                state["eval_pending"] = evaluator.pending
-            saved["path"] = save_checkpoint(ckpt_dir, step, state, keep=cfg.keep_checkpoints)
-            saved["step"] = step
-            return saved["path"]
-
-        def evaluate_now() -> None:  # inline: evaluated here; eval_async: handed to the worker
-            t0 = time.perf_counter()
-            evaluator.submit(step, policy)
-            if cfg.logger.get("video", False):  # episode 0 again, rendered, into the CSV logger's videos/
-
-                record_episode(policy, cfg.dataset, metrics.loggers[0], seed=cfg.seed, step=step)
-            clock["paused"] += time.perf_counter() - t0
-
-        def log_evaluations(results) -> None:  # at the step each belongs to, in step order
-            nonlocal last_eval
-            for at, result in results:
-                metrics.log({**{f"eval/{k}": result[k] for k in ("success_rate", "return_mean", "length_mean")},
-                             "time/eval_seconds": result["seconds"]}, at)
-                tqdm.write(f"step {at}: success rate {100 * result['success_rate']:.1f}% over {cfg.eval_episodes} episodes")
-                last_eval = {**result, "step": at}
-
+        self.evaluator = make_evaluator(cfg, self.eval_env, self.obs_shape, self.act_dim, self.extra)
+        self.saved_step = self.step if self.resuming else -1
+        self.saved_path = self.found[1] if self.resuming else None
         # Training throughput between log points, evaluation and checkpoint time left out.
-        clock = {"t": time.perf_counter(), "step": step, "paused": 0.0}
+        self.window_start, self.window_step, self.paused_s = time.perf_counter(), self.step, 0.0
+        self.bar = tqdm(total=self.total, initial=self.step, desc=f"{cfg.agent.name} {cfg.dataset}",
+                        disable=not cfg.progress, dynamic_ncols=True)
+        self.started = time.perf_counter()
+        if self.resuming and self.step in self.state.get("eval_pending", ()):  # killed while evaluating it
+            log.info("evaluating step %d again: its evaluation was still running when the checkpoint was written",
+                     self.step)
+            self.evaluate()
 
-        def maybe_log_eval_save(out):
-            nonlocal last_eval
-            if step % cfg.log_interval == 0 or step == total:
-                values = {f"train/{k}": v.item() for k, v in out.items()}
-                now = time.perf_counter()
-                busy = now - clock["t"] - clock["paused"]
-                if step > clock["step"] and busy > 0:  # sampling + update (+ env step online) per second
-                    values["time/steps_per_s"] = (step - clock["step"]) / busy
-                clock.update(t=now, step=step, paused=0.0)
-                metrics.log(values, step)
-                bar.set_postfix({k: f"{out[k].item():.3g}" for k in ("loss_qvalue", "loss_flow", "divergence", "alpha", "distill")
-                                 if k in out.keys()})
-            if step % cfg.eval_interval == 0 or step == total:
-                evaluate_now()
-            log_evaluations(evaluator.ready())
-            if step % cfg.save_interval == 0 or step == total:
-                t0 = time.perf_counter()
-                # A checkpoint follows every earlier evaluation (at the last step, its own too: nothing is left to overlap).
-                log_evaluations(evaluator.wait(before=step + 1 if step == total else step))
-                save()
-                clock["paused"] += time.perf_counter() - t0
-
-        bar = tqdm(total=total, initial=step, desc=f"{cfg.agent.name} {cfg.dataset}", disable=not cfg.progress, dynamic_ncols=True)
-        start = time.perf_counter()
-        if resuming and step in state.get("eval_pending", ()):  # killed while evaluating the checkpoint's step
-            log.info("evaluating step %d again: its evaluation was still running when the checkpoint was written", step)
-            evaluate_now()
-
+    def loop(self) -> None:
+        """Offline steps, then online ones; a stop signal ends the loop with a checkpoint."""
         with GracefulStop() as stop:  # Ctrl-C / SIGTERM / SIGUSR1 / SIGUSR2: finish the update, save, stop
-            # Offline: gradient steps on the buffer.
-            while step < cfg.offline_steps and not stop.requested:
-                out = update(buffer.sample().to(device))
-                step += 1
-                bar.update(1)
-                maybe_log_eval_save(out)
-
-            # Online: one env step (collector → buffer) then one update, until the budget is spent.
-            if step < total and not stop.requested:
-                from torchrl.collectors import Collector
-
-                loss.freeze_flow = cfg.online.freeze_flow
-                env = make_eval_env(cfg, cfg.seed + 1)  # the same single-task env as evaluation, its own seed
-                # The policy is stateless: no InitTracker/primer transforms to register on the env.
-                collector = Collector(env, policy, frames_per_batch=1, total_frames=total - step, device=device,
-                                      auto_register_policy_transforms=False)
-                keys = list(data.keys(True, True))
-                online_start, online_from = time.perf_counter(), step
-                for batch in collector:
-                    batch = batch.reshape(-1)
-                    ended = batch["next", "done"].squeeze(-1)
-                    online["episodes"] += int(ended.sum())
-                    online["successes"] += int((batch["next", "success"].squeeze(-1) & ended).sum())
-                    buffer.extend(batch.select(*keys).to("cpu"))
-                    out = update(buffer.sample().to(device))
-                    step += 1
-                    bar.update(1)
-                    if step % cfg.log_interval == 0:
-                        metrics.log({"online/buffer_size": len(buffer), "online/episodes": online["episodes"],
-                                     "online/episode_success_rate": online["successes"] / max(online["episodes"], 1),
-                                     # wall-clock rate of (one env step + one update), evaluations included
-                                     "online/steps_per_s": (step - online_from) / (time.perf_counter() - online_start)},
-                                    step)
-                    maybe_log_eval_save(out)
-                    if stop.requested:
-                        break
-                collector.shutdown()
-            bar.close()
-            log_evaluations(evaluator.wait())
+            self.stop = stop
+            while self.step < self.cfg.offline_steps and not stop.requested:  # gradient steps on the buffer
+                out = self.update(self.buffer.sample().to(self.device))
+                self.advance()
+                self.after_update(out)
+            if self.step < self.total and not stop.requested:
+                self.train_online()
+            self.bar.close()
+            self.log_evaluations(self.evaluator.wait())
             if stop.requested:
-                path = saved["path"] if saved["step"] == step else save()
-                log.warning("%s: stopped at step %d; checkpoint %s", stop.name, step, path)
-                raise TrainingStopped(stop.name, stop.exit_code, step, path)
+                path = self.saved_path if self.saved_step == self.step else self.save()
+                log.warning("%s: stopped at step %d; checkpoint %s", stop.name, self.step, path)
+                raise TrainingStopped(stop.name, stop.exit_code, self.step, path)
 
-        if not last_eval:  # resumed a finished run: report its policy once more (not logged again)
-            evaluator.submit(step, policy)
-            last_eval = {**evaluator.wait()[-1][1], "step": step}
-        elapsed = time.perf_counter() - start
-        png = plot_run(run_dir, target_divergence=cfg.agent.get("target_divergence")
+    def train_online(self) -> None:
+        """Online: one env step (collector → buffer) then one update, until the budget is spent."""
+        from torchrl.collectors import Collector
+
+        cfg = self.cfg
+        self.loss.freeze_flow = cfg.online.freeze_flow
+        env = make_eval_env(cfg, cfg.seed + 1)  # the same single-task env as evaluation, its own seed
+        # The policy is stateless: no InitTracker/primer transforms to register on the env.
+        collector = Collector(env, self.policy, frames_per_batch=1, total_frames=self.total - self.step,
+                              device=self.device, auto_register_policy_transforms=False)
+        keys = list(self.data.keys(True, True))
+        self.online_start, self.online_from = time.perf_counter(), self.step
+        self.watch.restart()  # an env step per update: a slower phase with its own baseline
+        for batch in collector:
+            batch = batch.reshape(-1)
+            ended = batch["next", "done"].squeeze(-1)
+            self.online["episodes"] += int(ended.sum())
+            self.online["successes"] += int((batch["next", "success"].squeeze(-1) & ended).sum())
+            self.buffer.extend(batch.select(*keys).to("cpu"))
+            out = self.update(self.buffer.sample().to(self.device))
+            self.advance()
+            if self.step % cfg.log_interval == 0:
+                self.log_online()
+            self.after_update(out)
+            if self.stop.requested:
+                break
+        collector.shutdown()
+
+    def advance(self) -> None:
+        """One update done."""
+        self.step += 1
+        self.bar.update(1)
+
+    def after_update(self, out: TensorDict) -> None:
+        """At its intervals (and at the last step): log, evaluate, checkpoint; log the evaluations that finished."""
+        cfg, step, last = self.cfg, self.step, self.step == self.total
+        if step % cfg.log_interval == 0 or last:
+            self.log_training(out)
+        if step % cfg.eval_interval == 0 or last:
+            self.evaluate()
+        self.log_evaluations(self.evaluator.ready())
+        if step % cfg.save_interval == 0 or last:
+            t0 = time.perf_counter()
+            # A checkpoint follows every earlier evaluation (at the last step, its own too: nothing is left to overlap).
+            self.log_evaluations(self.evaluator.wait(before=step + 1 if last else step))
+            self.save()
+            self.paused_s += time.perf_counter() - t0
+
+    # ------------------------------------------------------------------------- log, evaluate, save
+    def log_training(self, out: TensorDict) -> None:
+        """The update's losses and the training rate since the last log point; the progress bar."""
+        values = {f"train/{k}": v.item() for k, v in out.items()}
+        now = time.perf_counter()
+        busy = now - self.window_start - self.paused_s
+        if self.step > self.window_step and busy > 0:  # sampling + update (+ env step online) per second
+            values["time/steps_per_s"] = (self.step - self.window_step) / busy
+            warning = self.watch.observe(values["time/steps_per_s"])
+            if warning:
+                log.warning(warning)
+        self.window_start, self.window_step, self.paused_s = now, self.step, 0.0
+        self.metrics.log(values, self.step)
+        self.bar.set_postfix({k: f"{out[k].item():.3g}" for k in self.LOSS_KEYS if k in out.keys()}
+                             | self.watch.postfix())
+
+    def log_online(self) -> None:
+        """The online phase's buffer, episodes and rate."""
+        episodes = self.online["episodes"]
+        self.metrics.log({"online/buffer_size": len(self.buffer), "online/episodes": episodes,
+                          "online/episode_success_rate": self.online["successes"] / max(episodes, 1),
+                          # wall-clock rate of (one env step + one update), evaluations included
+                          "online/steps_per_s": (self.step - self.online_from)
+                          / (time.perf_counter() - self.online_start)}, self.step)
+
+    def evaluate(self) -> None:
+        """Inline: evaluated here; eval_async: handed to the worker. Its time is left out of the rate."""
+        cfg, t0 = self.cfg, time.perf_counter()
+        self.evaluator.submit(self.step, self.policy)
+        if cfg.logger.get("video", False):  # episode 0 again, rendered, into the CSV logger's videos/
+            record_episode(self.policy, cfg.dataset, self.metrics.loggers[0], seed=cfg.seed, step=self.step)
+        self.paused_s += time.perf_counter() - t0
+
+    def log_evaluations(self, results) -> None:
+        """Each result at the step it belongs to, in step order."""
+        for at, result in results:
+            self.metrics.log({**{f"eval/{k}": result[k] for k in ("success_rate", "return_mean", "length_mean")},
+                              "time/eval_seconds": result["seconds"]}, at)
+            tqdm.write(f"step {at}: success rate {100 * result['success_rate']:.1f}% over "
+                       f"{self.cfg.eval_episodes} episodes")
+            self.last_eval = {**result, "step": at}
+
+    def save(self) -> str:
+        """A checkpoint of the current step; returns its path."""
+        state = {"step": self.step, "loss": self.loss.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "rng": rng_state(), "config": OmegaConf.to_container(self.cfg, resolve=True),
+                 "online_counters": dict(self.online)}
+        if len(self.buffer) > self.num_offline:
+            state["online_data"] = self.buffer[self.num_offline : len(self.buffer)].to_dict()
+        if self.evaluator.pending:  # its own step's evaluation still running: a resume evaluates it again
+            state["eval_pending"] = self.evaluator.pending
+        self.saved_path = save_checkpoint(self.ckpt_dir, self.step, state, keep=self.cfg.keep_checkpoints)
+        self.saved_step = self.step
+        return self.saved_path
+
+    # ------------------------------------------------------------------------- the end
+    def report(self) -> dict:
+        """The final plot and one line; returns the last evaluation."""
+        cfg = self.cfg
+        if not self.last_eval:  # resumed a finished run: report its policy once more (not logged again)
+            self.evaluator.submit(self.step, self.policy)
+            self.last_eval = {**self.evaluator.wait()[-1][1], "step": self.step}
+        elapsed = time.perf_counter() - self.started
+        png = plot_run(self.run_dir, target_divergence=cfg.agent.get("target_divergence")
                        if agent_kind(cfg.agent) == "deflow" and not trains_flow_only(cfg.agent) else None)
         print(
             f"[deflow_trl] {cfg.agent.name} on {cfg.dataset}: success rate "
-            f"{100 * last_eval.get('success_rate', math.nan):.1f}% at step {step} "
+            f"{100 * self.last_eval.get('success_rate', math.nan):.1f}% at step {self.step} "
             f"({elapsed:.0f} s this session). Curve: {png}"
         )
-        return last_eval
-    except BaseException as err:
-        if not recorded and lock.created and set(os.listdir(run_dir)) <= {".lock"}:
-            os.unlink(lock.path)  # a refused launch in a fresh directory leaves nothing behind
+        return self.last_eval
+
+    def fail(self, err: BaseException) -> None:
+        """A refused launch in a fresh directory leaves nothing behind; a known error goes to train.log."""
+        if not self.recorded and self.lock.created and set(os.listdir(self.run_dir)) <= {".lock"}:
+            os.unlink(self.lock.path)
         line = one_line(err) if isinstance(err, Exception) else None
-        if file_log is not None and line:
-            file_log.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, line, None, None))
-        raise
-    finally:
-        if evaluator is not None:
-            evaluator.close()
-        if file_log is not None:
-            logging.getLogger().removeHandler(file_log)
-            file_log.close()
-        if recorded and cfg.data.storage == "memmap":
-            shutil.rmtree(scratch, ignore_errors=True)  # scratch only; rebuilt at the next start
+        if self.file_log is not None and line:
+            self.file_log.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, line, None, None))
+
+    def close(self) -> None:
+        """The evaluator, the log file handler and a memmap buffer's scratch (rebuilt at the next start)."""
+        if self.evaluator is not None:
+            self.evaluator.close()
+        if self.file_log is not None:
+            logging.getLogger().removeHandler(self.file_log)
+            self.file_log.close()
+        if self.recorded and self.cfg.data.storage == "memmap":
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 class FlowBCUpdate:
