@@ -11,7 +11,9 @@ Policies (each runs in its own process: the OpenMP wait policy is read when torc
 
 * ``active``: torch's default, all usable CPUs as threads, idle threads spin;
 * ``passive``: the same threads, ``OMP_WAIT_POLICY=PASSIVE`` (idle threads sleep at once);
-* ``one``: one thread (leaves the other core to the neighbour).
+* ``one``: one thread (leaves the other core to the neighbour);
+* ``spin10k``, ``spin1k``: all usable CPUs, idle threads spin only 10,000 / 1,000 times (``GOMP_SPINCOUNT``;
+  GNU OpenMP's default is 300,000) before sleeping.
 
     python benchmarks/neighbour.py                       # ≈ 2-3 min on 2 cores
     python benchmarks/neighbour.py --json neighbour.json --repeats 7
@@ -34,6 +36,10 @@ POLICIES = {
     "active": {"threads": 0, "env": {}},  # 0: all usable CPUs
     "passive": {"threads": 0, "env": {"OMP_WAIT_POLICY": "PASSIVE"}},
     "one": {"threads": 1, "env": {}},
+    "spin10k": {"threads": 0, "env": {"GOMP_SPINCOUNT": "10000"}},
+    "spin1k": {"threads": 0, "env": {"GOMP_SPINCOUNT": "1000"}},
+    "spin100": {"threads": 0, "env": {"GOMP_SPINCOUNT": "100"}},
+    "spin3k": {"threads": 0, "env": {"GOMP_SPINCOUNT": "3000"}},
 }
 
 

@@ -137,7 +137,8 @@ class FlowSampler(nn.Module):
             precision = "fp32"
         weights = flow_weights(self.velocity, self.refiner, precision, self._weight_cache)
         if kind == "compile":
-            return compiled_unit(unit, precision, self.num_flow_steps, self.solver)(weights, obs, noise)
+            return compiled_unit(unit, precision, self.num_flow_steps, self.solver,
+                                 device_type=obs.device.type)(weights, obs, noise)
         return UNITS[unit](weights, obs, noise, self.num_flow_steps, self.solver)
 
     def _plain(self) -> bool:

@@ -9,12 +9,28 @@ app's ``threads`` setting (``auto`` or a count) into a thread count, refusing a 
 usable in one line.
 
 How idle threads wait is the other half. GNU OpenMP (torch's CPU pool on Linux) lets a thread that
-finished its share *spin* for a while before sleeping; when another process holds one of the cores,
-the spinning thread steals time from the very thread it waits for. ``OMP_WAIT_POLICY=PASSIVE`` makes
-them sleep at once. It is read when the OpenMP runtime starts (at ``import torch``), so
-:func:`prefer_passive_wait` can only set it in an entry point that has not imported torch yet; the
-measured effect of each policy, quiet and beside a CPU-bound neighbour, is in ``docs/results.md``
-("Threads") and is what the app's default follows (``benchmarks/neighbour.py`` measures it).
+finished its share *spin* up to ``GOMP_SPINCOUNT`` = 300,000 times before sleeping; when another
+process holds one of the cores, the spinning thread steals time from the very thread it waits for.
+Measured on a 2-core AMD EPYC Zen 4 (``benchmarks/neighbour.py``: eager 2×256 update, batch 256, one
+CPU-bound neighbour process; ``docs/results.md``, "Threads"):
+
+==========================  ========  ============  ==========================
+policy                      quiet     beside one    beside one / best quiet
+==========================  ========  ============  ==========================
+2 threads, default spin     26.3 ms   96.3 ms       3.7×
+2 threads, spin 1,000       26.0 ms   56.0 ms       2.2×
+2 threads, spin 100         37.7 ms   46.1 ms       1.8×
+2 threads, passive wait     40.0 ms   43.0 ms       1.8×
+1 thread                    38.8 ms   39.4 ms       1.6×
+==========================  ========  ============  ==========================
+
+So the apps' entry points set ``GOMP_SPINCOUNT=1000`` (:func:`prefer_short_spin`): as fast as the
+default on a quiet machine, and it halves the collapse beside a neighbour; ``OMP_WAIT_POLICY=PASSIVE``
+costs 1.5× on a quiet machine (every small op pays a wake-up) and is not used. Where a neighbour is
+there to stay, one thread (``threads=1``) is the fastest; the app's slowdown warning says so.
+The variable is read when the OpenMP runtime starts (at ``import torch``), so only an entry point
+that has not imported torch yet can set it; a value the user exported (``GOMP_SPINCOUNT`` or
+``OMP_WAIT_POLICY``) is left alone. The library (``import deflow_trl``) never sets it.
 
 Examples:
     >>> usable_cpus() >= 1
@@ -33,9 +49,11 @@ import math
 import os
 import sys
 
-__all__ = ["apply_threads", "cgroup_cpu_limit", "prefer_passive_wait", "resolve_threads", "usable_cpus", "WAIT_POLICY_VAR"]
+__all__ = ["apply_threads", "cgroup_cpu_limit", "prefer_short_spin", "resolve_threads", "usable_cpus", "SPIN_VAR", "WAIT_POLICY_VAR"]
 
 WAIT_POLICY_VAR = "OMP_WAIT_POLICY"
+SPIN_VAR = "GOMP_SPINCOUNT"
+SHORT_SPIN = 1000  # measured: quiet speed unchanged, half the slowdown beside a neighbour (module docstring)
 
 
 def _read(path: str) -> str | None:
@@ -107,17 +125,17 @@ def resolve_threads(value: int | str) -> int:
     return count
 
 
-def prefer_passive_wait() -> bool:
-    """Sets ``OMP_WAIT_POLICY=PASSIVE`` unless the user chose a policy; True if it will take effect.
+def prefer_short_spin(spins: int = SHORT_SPIN) -> bool:
+    """Sets ``GOMP_SPINCOUNT=spins`` unless the user chose a wait policy; True if it will take effect.
 
     Only an entry point may call it, before ``import torch`` (the OpenMP runtime reads the variable once,
     when torch loads it); later it changes nothing and returns False.
     """
-    if WAIT_POLICY_VAR in os.environ:
+    if SPIN_VAR in os.environ or WAIT_POLICY_VAR in os.environ:
         return False
     if "torch" in sys.modules:
         return False
-    os.environ[WAIT_POLICY_VAR] = "PASSIVE"
+    os.environ[SPIN_VAR] = str(spins)
     return True
 
 
@@ -127,7 +145,7 @@ def apply_threads(value: int | str) -> int:
     ``auto`` defers to an ``OMP_NUM_THREADS`` the user exported (torch already follows it) and otherwise
     uses :func:`usable_cpus`; a count is checked by :func:`resolve_threads` and set as given.
     """
-    import torch  # lazy: this module is imported by entry points before torch (prefer_passive_wait)
+    import torch  # lazy: this module is imported by entry points before torch (prefer_short_spin)
 
     auto = isinstance(value, str) and value.strip().lower() == "auto"
     if auto and os.environ.get("OMP_NUM_THREADS"):

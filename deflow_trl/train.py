@@ -9,6 +9,9 @@ if __name__ == "__main__":
     from deflow_trl.extras import check_app_extra
 
     check_app_extra("python -m deflow_trl.train")
+    from deflow_trl import threads
+
+    threads.prefer_short_spin()  # before torch loads its OpenMP runtime (deflow_trl/threads.py)
     from deflow_trl.app.train import cli
 
     cli()

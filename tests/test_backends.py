@@ -234,7 +234,7 @@ def test_actor_and_make_deflow_take_backend():
 
 @pytest.mark.slow
 def test_compile_matches_eager_and_reads_live_weights():
-    """One compiled unit (K=3, hidden 32): equality, live weights, a new batch size."""
+    """One compiled unit (K=3, hidden 32; on CPU with its C++ wrapper): equality, live weights, new batch sizes."""
     v, r = nets(device=DEVICE)
     obs, noise = inputs(6, device=DEVICE)
     eager, comp = FlowSampler(v, r, 3), FlowSampler(v, r, 3, backend="compile")
@@ -245,6 +245,7 @@ def test_compile_matches_eager_and_reads_live_weights():
     assert rel_err(comp(obs, noise), eager(obs, noise)) <= FP32_RTOL  # no stale captured weights
     obs9, noise9 = inputs(9, seed=3, device=DEVICE)
     assert rel_err(comp(obs9, noise9), eager(obs9, noise9)) <= FP32_RTOL
+    assert rel_err(comp(obs9[:1], noise9[:1]), eager(obs9[:1], noise9[:1])) <= FP32_RTOL  # batch 1: its own graph
 
 
 def test_bf16_solves_auto_follows_the_hardware(fake_cpu):

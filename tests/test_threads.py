@@ -57,15 +57,31 @@ def test_resolve_threads_accepts_auto_and_counts_and_refuses_the_rest_in_one_lin
         assert "\n" not in str(err.value)
 
 
-def test_prefer_passive_wait_only_before_torch_and_never_over_a_user_choice():
-    code = ("import os, sys; from deflow_trl import threads; first = threads.prefer_passive_wait(); "
-            "print(first, os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["True", "PASSIVE", "False"]  # importing deflow_trl.threads does not import torch
-    out = subprocess.run([sys.executable, "-c", code], env=env | {"OMP_WAIT_POLICY": "ACTIVE"}, capture_output=True,
-                         text=True, check=True).stdout.split()
-    assert out == ["False", "ACTIVE", "False"]
-    late = "import torch, os; from deflow_trl import threads; print(threads.prefer_passive_wait(), os.environ.get('OMP_WAIT_POLICY'))"
+def test_prefer_short_spin_only_before_torch_and_never_over_a_user_choice():
+    code = ("import os, sys; from deflow_trl import threads; first = threads.prefer_short_spin(); "
+            "print(first, os.environ.get('GOMP_SPINCOUNT'), 'torch' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    run = lambda extra: subprocess.run([sys.executable, "-c", code], env=env | extra, capture_output=True, text=True,
+                                       check=True).stdout.split()
+    assert run({}) == ["True", "1000", "False"]  # importing deflow_trl.threads does not import torch
+    assert run({"GOMP_SPINCOUNT": "50"}) == ["False", "50", "False"]
+    assert run({"OMP_WAIT_POLICY": "PASSIVE"}) == ["False", "None", "False"]
+    late = "import torch, os; from deflow_trl import threads; print(threads.prefer_short_spin(), os.environ.get('GOMP_SPINCOUNT'))"
     out = subprocess.run([sys.executable, "-c", late], env=env, capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "None"]  # too late to matter: left alone
+
+
+def test_the_training_entry_point_shortens_the_spin_before_torch_loads(tmp_path):
+    """``python -m deflow_trl.train`` sets GOMP_SPINCOUNT before torch (and its OpenMP runtime) is imported."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    out = subprocess.run([sys.executable, "-m", "deflow_trl.train", "--cfg", "job", "--package", "threads"], env=env,
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    probe = ("import runpy, sys, os; sys.argv = ['x', '--help']\n"
+             "import deflow_trl.threads as t\n"
+             "orig = t.prefer_short_spin\n"
+             "def spy(*a, **k):\n    r = orig(*a, **k); print('SPIN', r, 'torch' in sys.modules, os.environ.get('GOMP_SPINCOUNT')); return r\n"
+             "t.prefer_short_spin = spy\n"
+             "runpy.run_module('deflow_trl.train', run_name='__main__')")
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert "SPIN True False 1000" in out.stdout, out.stdout[-1000:] + out.stderr[-2000:]

@@ -16,6 +16,7 @@ the app itself is imported only after that check (a lazy import on purpose: it n
 """
 from __future__ import annotations
 
+from deflow_trl import threads
 from deflow_trl.extras import check_app_extra
 
 __all__ = ["train", "generate", "iav", "summarize"]
@@ -25,6 +26,7 @@ __all__ = ["train", "generate", "iav", "summarize"]
 def train() -> None:
     """``deflow-train``: the Hydra training app (:func:`deflow_trl.app.train.cli`)."""
     check_app_extra("deflow-train")
+    threads.prefer_short_spin()  # before torch loads its OpenMP runtime (deflow_trl/threads.py)
     from deflow_trl.app.train import cli  # lazy: the app needs the extra, checked just above
 
     cli()
