@@ -108,6 +108,24 @@ def _compile_available(device: torch.device) -> bool:
     return any(shutil.which(c) for c in ("g++", "c++", "clang++"))
 
 
+def available_backends(device: torch.device | str) -> list[str]:
+    """The backend kinds that can run on ``device`` here (``auto`` always can: it picks among them).
+
+    Examples:
+        >>> "eager" in available_backends("cpu") and "auto" in available_backends("cpu")
+        True
+    """
+    from deflow_trl.kernels import TRITON_AVAILABLE  # lazy: Triton is optional
+
+    device = torch.device(device)
+    kinds = ["eager"]
+    if _compile_available(device):
+        kinds.append("compile")
+    if TRITON_AVAILABLE and (device.type == "cuda" or triton_interpreting()):
+        kinds.append("triton")
+    return kinds + ["auto"]
+
+
 _logged: set[tuple[str, str]] = set()
 
 
@@ -130,14 +148,17 @@ def resolve_backend(name: str, device: torch.device | str) -> str:
     device = torch.device(device)
     from deflow_trl.kernels import TRITON_AVAILABLE  # lazy: Triton is optional
 
+    here = f"available on {device}: {', '.join(available_backends(device))}"
     if kind == "triton":
         if not TRITON_AVAILABLE:
-            raise RuntimeError("backend 'triton' needs the triton package (pip install deflow_trl[triton])")
+            raise RuntimeError(f"backend {name!r} needs the triton package (pip install deflow_trl[triton]); {here}")
         if device.type != "cuda" and not triton_interpreting():
             raise RuntimeError(
-                f"backend 'triton' runs on CUDA devices only (got {device}); use 'compile' or 'auto', "
-                "or set TRITON_INTERPRET=1 (slow CPU interpreter, for tests)"
+                f"backend {name!r} runs on CUDA devices only (TRITON_INTERPRET=1: the slow CPU interpreter, for "
+                f"tests); {here}"
             )
+    if kind == "compile" and not _compile_available(device):
+        raise RuntimeError(f"backend {name!r} needs a C++ compiler (g++, c++ or clang++) on PATH; {here}")
     if kind != "auto":
         if precision == "bf16":
             warn_if_bf16_not_native(device, what=f"sampler backend {name!r}")

@@ -85,3 +85,25 @@ def test_the_training_entry_point_shortens_the_spin_before_torch_loads(tmp_path)
              "runpy.run_module('deflow_trl.train', run_name='__main__')")
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, cwd=tmp_path)
     assert "SPIN True False 1000" in out.stdout, out.stdout[-1000:] + out.stderr[-2000:]
+
+
+def test_a_backend_that_cannot_run_here_is_one_line_naming_the_ones_that_can(monkeypatch):
+    """agent.backend=triton on a CPU is refused before any work, naming what this device can run."""
+    from hydra import compose, initialize_config_dir
+
+    from deflow_trl.app.config_schema import validate_config
+    from deflow_trl.app.train import CONFIG_DIR
+    from deflow_trl.errors import ConfigError
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with initialize_config_dir(CONFIG_DIR, version_base=None):
+        cfg = compose("train", overrides=["agent.backend=triton", "device=cpu"])
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    message = str(err.value)
+    assert message.startswith("agent.backend=triton: ") and "available on cpu: eager, compile" in message, message
+    assert "\n" not in message
+    with initialize_config_dir(CONFIG_DIR, version_base=None):
+        cfg = compose("train", overrides=["threads=0"])
+    with pytest.raises(ConfigError, match="^threads must be 'auto' or a count >= 1, got 0$"):
+        validate_config(cfg)

@@ -56,7 +56,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from deflow_trl.actor import SAMPLING_MODES
 from deflow_trl.app.agents import BUILDERS, config_keywords
-from deflow_trl.backends import BACKENDS
+from deflow_trl.backends import BACKENDS, resolve_backend
 from deflow_trl.data import parse_ogbench_name
 from deflow_trl.errors import ConfigError
 from deflow_trl.hardware import resolve_bf16_solves  # the one place that knows the accepted values
@@ -338,7 +338,12 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(
             f"logger={backend} needs the {package} package, which is not installed: "
             f"pip install torch==2.13.0 {package}  (or use logger=csv)")
-    resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
+    if "backend" in cfg.agent:
+        try:
+            resolve_backend(cfg.agent.backend, device)  # e.g. triton on a CPU: refused now, not at the first action
+        except RuntimeError as err:
+            raise ConfigError(f"agent.backend={cfg.agent.backend}: {err}") from None
     try:
         resolve_threads(cfg.get("threads", "auto"))
     except ValueError as err:
