@@ -51,7 +51,8 @@ def main() -> None:
     work = args.workdir or tempfile.mkdtemp(prefix="deflow_main_command_")
     clone, home = os.path.join(work, "clone"), os.path.join(work, "home")
     os.makedirs(home, exist_ok=True)
-    result = {"cpu": cpu_description(), "workdir": work, "overrides": args.override}
+    print(f"scratch directory: {work}", flush=True)  # printed, not stored: no machine paths in the JSON
+    result = {"cpu": cpu_description(), "overrides": args.override}
     subprocess.run(["git", "clone", "-q", ROOT, clone], check=True)
     result["commit"] = subprocess.run(["git", "-C", clone, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     python = sys.executable
@@ -69,8 +70,9 @@ def main() -> None:
         sys.exit(f"the main command failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     result["command_s"] = round(seconds, 1)
     line = [s for s in done.stdout.splitlines() if s.startswith("[deflow_trl]")]
-    result["last_line"] = line[-1] if line else None
-    run_dir = re.search(r"Curve: (\S+)/learning_curve\.png", result["last_line"] or "")
+    last = line[-1] if line else ""
+    run_dir = re.search(r"Curve: (\S+)/learning_curve\.png", last)
+    result["last_line"] = last.replace(clone + os.sep, "") or None  # run directory relative to the clone
     if run_dir is None:
         sys.exit(f"no result line in the output:\n{done.stdout[-2000:]}")
     run_dir = run_dir.group(1)
