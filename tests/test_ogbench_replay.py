@@ -35,7 +35,7 @@ def _forbid_npz(monkeypatch):
         raise AssertionError("the .npz was read although a valid cache exists")
 
     monkeypatch.setattr(np, "load", boom)
-    monkeypatch.setattr(ogbench_replay, "load_ogbench_dataset", boom)
+    monkeypatch.setattr(ogbench_replay, "read_ogbench_npz", boom)  # the cache's only way to the source file
 
 
 @pytest.fixture(scope="module")
