@@ -96,7 +96,6 @@ def build_networks(observation_dim, action_dim, hidden_sizes, num_critics, head_
     with its own encoder when ``encoder`` is given, on ``device``."""
     observation_dim, action_dim, num_critics = _ints(observation_dim, action_dim, num_critics)
     if bf16_solves:
-
         warn_if_bf16_not_native(device or "cpu", what="bf16_solves")
     new_encoder = _encoder_factory(encoder, observation_dim)
     feature_dim = None if new_encoder is not None else observation_dim
@@ -130,7 +129,6 @@ def _encoder_factory(encoder, observation_dim) -> Callable[[], nn.Module] | None
     if callable(encoder) and not isinstance(encoder, nn.Module):
         return encoder
     if isinstance(encoder, str):
-
         shape = tuple(observation_dim) if isinstance(observation_dim, (tuple, list, torch.Size)) else None
         if shape is None or len(shape) != 3:
             raise ValueError(

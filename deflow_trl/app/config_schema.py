@@ -291,7 +291,6 @@ def _check_agent(a: DictConfig) -> None:
     if "backend" in a and a.backend not in BACKENDS:
         raise ConfigError(f"agent.backend must be one of {', '.join(BACKENDS)}, got {a.backend!r}")
     if "bf16_solves" in a:
-
         try:
             resolve_bf16_solves(a.bf16_solves)
         except ValueError as err:

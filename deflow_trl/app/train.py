@@ -106,7 +106,6 @@ def dataset_header(cfg: DictConfig) -> dict | None:
     """Shapes of the train file's arrays, read from the ``.npz`` headers (no decompression); None if missing."""
 
     if is_pixels(cfg):
-
         path = visual_dataset_path(cfg.dataset, cfg.data.dataset_dir, "train")
     else:
         path = ogbench_dataset_path(cfg.dataset, cfg.data.dataset_dir, "train")
@@ -593,7 +592,6 @@ def resume_command(run_dir: str) -> str:
 def main(cfg: DictConfig):
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
-
 
     quiet_app()  # the app's process only (also each job of a sweep launcher): headless GL, no third-party noise
     hydra_cfg = HydraConfig.get()

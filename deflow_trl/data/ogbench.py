@@ -58,6 +58,7 @@ __all__ = [
     "prioritized_replay_available",
 ]
 
+
 def load_ogbench_dataset(
     name: str,
     dataset_dir: str | None = None,

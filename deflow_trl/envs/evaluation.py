@@ -371,7 +371,6 @@ def record_episode(
     """
     from torchrl.record import PixelRenderTransform, VideoRecorder
 
-
     ensure_headless_gl()
     _mp4_or_pt(logger)
     env = make_ogbench_env(name, width=size, height=size)
@@ -405,6 +404,5 @@ def make_eval_env(dataset: str, seed: int, frame_stack: int | None = None) -> En
         >>> env.close()
     """
     if frame_stack is not None:
-
         return make_pixel_env(dataset, seed=seed, frame_stack=frame_stack)
     return make_ogbench_env(dataset, seed=seed)
