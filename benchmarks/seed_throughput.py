@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import time
 from typing import Sequence
 
@@ -49,46 +50,54 @@ def dataset(n: int = DATASET) -> TensorDict:
     }, batch_size=[n])
 
 
-def time_group(seeds: Sequence[int], hidden, data, steps: int, warmup: int) -> float:
-    """Seconds per group update (all seeds)."""
+def build(seeds: Sequence[int], hidden, data):
+    """``(group step, lone round)``: one update of every seed, stacked or one updater after another."""
     def sample():
         return data[torch.randint(0, data.shape[0], (BATCH,))]
 
-    group = SeedGroup.build(seeds, lambda: make_deflow(OBS_DIM, ACT_DIM, hidden_sizes=hidden,
-                                                       num_flow_steps=NUM_STEPS)[1])
-    for _ in range(warmup):
-        group.update(sample)
-    start = time.perf_counter()
-    for _ in range(steps):
-        group.update(sample)
-    return (time.perf_counter() - start) / steps
+    def make():
+        return make_deflow(OBS_DIM, ACT_DIM, hidden_sizes=hidden, num_flow_steps=NUM_STEPS)[1]
 
-
-def time_lone(seeds: Sequence[int], hidden, data, steps: int, warmup: int) -> float:
-    """Seconds per round of updates (one update of each of G lone updaters, one after another)."""
+    group = SeedGroup.build(seeds, make)
     updaters = []
     for s in seeds:
         torch.manual_seed(s)
-        _, loss = make_deflow(OBS_DIM, ACT_DIM, hidden_sizes=hidden, num_flow_steps=NUM_STEPS)
+        loss = make()
         updaters.append(Updater(loss, torch.optim.Adam(loss.parameters(), lr=3e-4), SoftUpdate(loss, tau=0.005)))
 
-    def round_():
+    def lone_round():
         for update in updaters:
-            update(data[torch.randint(0, data.shape[0], (BATCH,))])
+            update(sample())
 
-    for _ in range(warmup):
-        round_()
+    return (lambda: group.update(sample)), lone_round
+
+
+def timed(fn, steps: int) -> float:
     start = time.perf_counter()
     for _ in range(steps):
-        round_()
+        fn()
     return (time.perf_counter() - start) / steps
+
+
+def time_both(seeds: Sequence[int], hidden, data, steps: int, warmup: int, repeats: int) -> tuple[float, float]:
+    """Median seconds per group update and per lone round, timed in alternating chunks (a shared machine's load
+    changes during a run: alternating spreads it over both)."""
+    group, lone = build(seeds, hidden, data)
+    timed(group, warmup)
+    timed(lone, warmup)
+    g, lo = [], []
+    for _ in range(repeats):
+        g.append(timed(group, steps))
+        lo.append(timed(lone, steps))
+    return statistics.median(g), statistics.median(lo)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 4, 8], help="group sizes G to time")
     parser.add_argument("--config", choices=sorted(CONFIGS), default="quick")
-    parser.add_argument("--steps", type=int, default=None, help="timed updates per mode (default 20 quick, 5 reference)")
+    parser.add_argument("--steps", type=int, default=None, help="updates per timed chunk (default 5 quick, 2 reference)")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating timed chunks per mode (median)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--json", type=str, default=None, help="write the results here")
@@ -96,16 +105,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     hidden = CONFIGS[args.config]
-    steps = args.steps or (5 if args.config == "reference" else 20)
+    steps = args.steps or (2 if args.config == "reference" else 5)
     data = dataset()
     load = os.getloadavg()
     print(f"{cpu_description()}, {torch.get_num_threads()} threads, load average {load[0]:.2f}; "
-          f"config {args.config} {hidden}, batch {BATCH}, K = {NUM_STEPS}, {steps} timed updates", flush=True)
+          f"config {args.config} {hidden}, batch {BATCH}, K = {NUM_STEPS}, median of {args.repeats} chunks of {steps} "
+          "updates", flush=True)
     rows = []
     for g in args.seeds:
         seeds = list(range(g))
-        group = time_group(seeds, hidden, data, steps, args.warmup)
-        lone = time_lone(seeds, hidden, data, steps, args.warmup)
+        group, lone = time_both(seeds, hidden, data, steps, args.warmup, args.repeats)
         row = {"seeds": g, "group_ms_per_update": 1e3 * group, "lone_ms_per_round": 1e3 * lone,
                "group_seed_updates_per_s": g / group, "lone_seed_updates_per_s": g / lone, "speedup": lone / group}
         rows.append(row)
@@ -121,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     result = {"machine": {"cpu": cpu_description(), "threads": torch.get_num_threads(), "load_average": load[0],
                           "torch": torch.__version__},
               "config": {"name": args.config, "hidden": list(hidden), "batch": BATCH, "flow_steps": NUM_STEPS,
-                         "timed_updates": steps},
+                         "updates_per_chunk": steps, "chunks": args.repeats},
               "rows": rows}
     if args.json:
         with open(args.json, "w") as f:
