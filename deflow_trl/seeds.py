@@ -228,6 +228,7 @@ class SeedGroup:
         for name, _ in self.losses[0].named_buffers():
             stacked[name] = torch.stack([loss.get_buffer(name).detach() for loss in self.losses])
         for i, loss in enumerate(self.losses):
+            loss.__dict__.pop("_cache", None)  # torchrl's cached detached params would keep the old storage
             for name, t in [*loss.named_parameters(), *loss.named_buffers()]:
                 t.data = stacked[name].data[i]  # aliases (tied names) share the tensor: rebound once, seen by all
         # The forward's TensorDict: every key of the template, tied ones mapped to the same stacked leaf.
@@ -306,6 +307,32 @@ class SeedGroup:
     def update(self, sample: Callable[[], TensorDictBase] | Sequence[Callable[[], TensorDictBase]]) -> TensorDictBase:
         """:meth:`draw` then :meth:`step`."""
         return self.step(self.draw(sample))
+
+    # -- checkpoints --------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything a resumed group needs to continue exactly: the seeds, the
+        stacked parameters and buffers, the optimiser's state and each seed's RNG
+        state (seed ``i``'s own slice is also ``losses[i].state_dict()``)."""
+        return {
+            "seeds": list(self.seeds),
+            "params": {name: t.detach().clone() for name, t in self.params.items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),  # a snapshot, not the live moments
+            "rng": [tuple(x if x is None else x.clone() for x in state) for state in self.rng.states],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restores :meth:`state_dict`'s output into this group (same seeds, same architecture), in place."""
+        if list(state["seeds"]) != self.seeds:
+            raise ValueError(f"SeedGroup.load_state_dict: the checkpoint holds seeds {state['seeds']}, "
+                             f"this group {self.seeds}")
+        missing = sorted(set(self.params) ^ set(state["params"]))
+        if missing:
+            raise ValueError(f"SeedGroup.load_state_dict: parameters differ from the checkpoint's: {missing[:5]}")
+        with torch.no_grad():
+            for name, t in self.params.items():
+                t.copy_(state["params"][name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.rng.states = [tuple(state_i) for state_i in state["rng"]]
 
     @classmethod
     def build(cls, seeds: Sequence[int], make_loss: Callable[[], LossModule], **kwargs) -> SeedGroup:

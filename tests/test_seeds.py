@@ -182,3 +182,20 @@ def test_a_batch_not_stacked_over_the_seeds_is_refused():
         group.step(sample())
     with pytest.raises(KeyError, match="_noise"):
         group.step(torch.stack([sample(), sample()]))
+
+
+def test_a_group_resumed_from_its_state_dict_continues_exactly():
+    group = SeedGroup.build([0, 1], MAKERS["deflow"])
+    for _ in range(3):
+        group.update(sample)
+    state = group.state_dict()
+    torch.manual_seed(99)  # the caller's RNG does not matter: each seed has its own stream
+    straight = [scalars(group.update(sample)) for _ in range(3)]
+    resumed = SeedGroup.build([0, 1], MAKERS["deflow"])
+    resumed.load_state_dict(state)
+    again = [scalars(resumed.update(sample)) for _ in range(3)]
+    for a, b in zip(straight, again):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(group.params[n], resumed.params[n]) for n in group.params)
+    with pytest.raises(ValueError, match="seeds"):
+        SeedGroup.build([0, 2], MAKERS["deflow"]).load_state_dict(state)
