@@ -288,6 +288,10 @@ class SeedGroup:
 
     def forward(self, batch: TensorDictBase) -> TensorDictBase:
         """The G losses' outputs (``[G]`` entries, with grad) on a stacked batch from :meth:`draw`."""
+        return self._vmapped(self._state, self._checked(batch))
+
+    def _checked(self, batch: TensorDictBase) -> TensorDictBase:
+        """``batch``, after its shape checks and, on the first call, each seed's input checks (eager)."""
         if batch.batch_size[:1] != torch.Size([len(self.seeds)]):
             raise ValueError(f"SeedGroup: the batch must be stacked over the {len(self.seeds)} seeds, "
                              f"got batch_size {list(batch.batch_size)} (use draw)")
@@ -299,12 +303,15 @@ class SeedGroup:
                     with torch.no_grad():
                         loss.read_batch(one)
             self._validated = True
-        return self._vmapped(self._state, batch)
+        return batch
 
     def step(self, batch: TensorDictBase) -> TensorDictBase:
         """One update of every seed on a stacked batch from :meth:`draw`; the detached ``[G]`` metrics."""
         self.optimizer.zero_grad(set_to_none=True)
-        out = self.forward(batch)
+        return self._step(self._checked(batch))
+
+    def _step(self, batch: TensorDictBase) -> TensorDictBase:
+        out = self._vmapped(self._state, batch)
         _total_loss(out).sum().backward()
         self.optimizer.step()
         if self._targets:
