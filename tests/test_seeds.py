@@ -199,3 +199,20 @@ def test_a_group_resumed_from_its_state_dict_continues_exactly():
     assert all(torch.equal(group.params[n], resumed.params[n]) for n in group.params)
     with pytest.raises(ValueError, match="seeds"):
         SeedGroup.build([0, 2], MAKERS["deflow"]).load_state_dict(state)
+
+
+def test_per_seed_samplers_and_default_streams():
+    """A list of samplers gives seed i its own sampler; without build's states each stream starts at manual_seed(seed)."""
+    losses = []
+    for seed in (3, 4):
+        torch.manual_seed(seed)
+        losses.append(MAKERS["deflow"]())
+    group = SeedGroup(losses, [3, 4])
+    firsts = [DATA[:B], DATA[B:2 * B]]
+    batch = group.draw([lambda: firsts[0], lambda: firsts[1]])
+    assert torch.equal(batch["observation"][1], firsts[1]["observation"])
+    torch.manual_seed(4)
+    expected = losses[1].draw_noise(B)
+    assert torch.equal(batch[NOISE_KEY, "x0"][1], expected["x0"])
+    with pytest.raises(ValueError, match="3 samplers for 2 seeds"):
+        group.draw([sample] * 3)
