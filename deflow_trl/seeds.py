@@ -293,11 +293,18 @@ class SeedGroup:
         with state.to_module(loss):
             out = loss(batch)
         loss.__dict__.pop("_cache", None)
-        return out
+        # what the loss wrote into its input (the per-sample TD error) does not leave vmap by itself
+        return out, batch.get(loss.tensor_keys.priority)
 
     def forward(self, batch: TensorDictBase) -> TensorDictBase:
-        """The G losses' outputs (``[G]`` entries, with grad) on a stacked batch from :meth:`draw`."""
-        return self._vmapped(self._state, self._checked(batch))
+        """The G losses' outputs (``[G]`` entries, with grad) on a stacked batch from :meth:`draw`;
+        writes each seed's per-sample TD error into ``batch`` (``[G, *B]``, the loss's priority key)."""
+        return self._forward(self._checked(batch))
+
+    def _forward(self, batch: TensorDictBase) -> TensorDictBase:
+        out, priority = self._vmapped(self._state, batch)
+        batch.set(self.template.tensor_keys.priority, priority)
+        return out
 
     def _checked(self, batch: TensorDictBase) -> TensorDictBase:
         """``batch``, after its shape checks and, on the first call, each seed's input checks (eager)."""
@@ -320,7 +327,7 @@ class SeedGroup:
         return self._step(self._checked(batch))
 
     def _step(self, batch: TensorDictBase) -> TensorDictBase:
-        out = self._vmapped(self._state, batch)
+        out = self._forward(batch)
         _total_loss(out).sum().backward()
         self.optimizer.step()
         if self._targets:

@@ -147,6 +147,8 @@ def test_seeds_draw_different_batches_and_noise():
     group = SeedGroup.build([0, 1], MAKERS["deflow"])
     batch = group.draw(sample)
     assert batch.batch_size == torch.Size([2, B])
+    group.step(batch)
+    assert batch["td_error"].shape == (2, B) and (batch["td_error"] > 0).all()  # as a lone loss writes its input
     assert not torch.equal(batch["observation"][0], batch["observation"][1])
     assert not torch.equal(batch[NOISE_KEY, "ode"][0], batch[NOISE_KEY, "ode"][1])
 
