@@ -108,6 +108,10 @@ class FQLLoss(FlowCriticLoss):
 
     out_keys = ["loss_qvalue", "loss_flow", "loss_actor", "distill", "q_pi", "q_mean", "q_min", "q_max",
                 "target_mean", "flow_bc_mse"]
+    # forward's random draws, in order: z' for the target's next actions, flow matching's x_0 and t, then z
+    # (see FlowCriticLoss.draw_noise).
+    NOISE_DRAWS = (("next", "normal", 1, None), ("x0", "normal", 1, None), ("t", "uniform", 1, 1),
+                   ("z", "normal", 1, None))
 
     def __init__(self, actor: FQLActor, critic, *, alpha: float = 10.0, normalize_q_loss: bool = False, **kwargs):
         if not isinstance(actor, FQLActor):
@@ -125,15 +129,17 @@ class FQLLoss(FlowCriticLoss):
         weights = self._weights(tensordict)
         onestep = self.actor.onestep
 
+        noise = self._forward_noise(tensordict, batch, action)
+
         # Critic: the target at the one-step policy's next actions.
         with torch.no_grad():
-            next_action = onestep(next_obs, self._noise(batch, action.shape[-1], like=action)).clamp(-1.0, 1.0)
+            next_action = onestep(next_obs, noise["next"]).clamp(-1.0, 1.0)
         loss_qvalue, q, target = self.qvalue_loss_terms(tensordict, v, next_action)
 
-        loss_flow = self._flow_matching(obs, action)
+        loss_flow = self._flow_matching(obs, action, noise["x0"], noise["t"])
 
         # One-step policy: distil the flow's K-step sample from the same noise, maximise Q.
-        z = self._noise(batch, action.shape[-1], like=action)
+        z = noise["z"]
         flow_action = self.solve_flow_no_grad(obs, z)
         mu = onestep(obs, z)
         distill = (mu - flow_action).pow(2).mean(-1)

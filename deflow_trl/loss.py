@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from tensordict import TensorDict, TensorDictBase, TensorDictParams
@@ -17,6 +18,7 @@ from deflow_trl.sampler import refine
 Q_AGGREGATIONS = ("mean", "min")
 REDUCTIONS = ("mean", "sum", "none")
 _ACTION_RANGE_TOL = 1e-6
+NOISE_KEY = "_noise"  # reserved input key: a forward's noise supplied by the caller (FlowCriticLoss.draw_noise)
 
 
 class FlowCriticLoss(LossModule):
@@ -224,6 +226,65 @@ class FlowCriticLoss(LossModule):
     def _noise(self, *shape: int, like: torch.Tensor) -> torch.Tensor:
         return torch.randn(*shape, device=like.device, dtype=like.dtype)
 
+    # (name, distribution, copies per sample, width or None for the action dim), in the order forward draws them.
+    NOISE_DRAWS: tuple[tuple[str, str, int, int | None], ...] = ()
+
+    def draw_noise(
+        self,
+        batch_size: int | Sequence[int] | torch.Size,
+        action_dim: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> TensorDict:
+        """Every random tensor of one :meth:`forward` on a batch of ``batch_size``,
+        drawn from torch's global generator in the order ``forward`` draws them
+        (so ``forward`` on the input with this noise under :data:`NOISE_KEY`
+        computes, bit for bit, what it computes drawing the noise itself after
+        the same ``torch.manual_seed``).
+
+        Returns a TensorDict of ``batch_size`` with one entry per draw of
+        :attr:`NOISE_DRAWS`, laid out per sample (``[*batch, width]``, or
+        ``[*batch, copies, width]`` for a draw of several tensors per sample,
+        e.g. DeFlow's ODE noise at ``s`` and ``s'``). Put it in the input under
+        :data:`NOISE_KEY` (what :class:`~deflow_trl.seeds.SeedGroup` does, to
+        draw each seed's noise from its own RNG stream outside ``vmap``).
+        Defaults: the actor's action dim, the parameters' device and dtype.
+        """
+        batch_shape = torch.Size([batch_size] if isinstance(batch_size, int) else batch_size)
+        n = batch_shape.numel()
+        like = next(self.actor.parameters())
+        action_dim = self.actor.action_dim if action_dim is None else action_dim
+        kw = {"device": like.device if device is None else device, "dtype": like.dtype if dtype is None else dtype}
+        out = {}
+        for name, dist, copies, width in self.NOISE_DRAWS:
+            width = action_dim if width is None else width
+            x = (torch.randn if dist == "normal" else torch.rand)(copies * n, width, **kw)
+            if copies > 1:  # flat [copies * n, w] (the order forward uses) -> per sample [n, copies, w]
+                x = x.reshape(copies, n, width).transpose(0, 1)
+            out[name] = x.reshape(*batch_shape, *x.shape[1:])
+        return TensorDict(out, batch_size=batch_shape, device=kw["device"])
+
+    def _forward_noise(self, tensordict: TensorDictBase, n: int, action: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The flat noise tensors of one forward: from ``tensordict[NOISE_KEY]``
+        when present (see :meth:`draw_noise`), else drawn now."""
+        noise = tensordict.get(NOISE_KEY, None)
+        if noise is None:
+            noise = self.draw_noise(n, action.shape[-1], action.device, action.dtype)
+        out = {}
+        for name, _, copies, width in self.NOISE_DRAWS:
+            width = action.shape[-1] if width is None else width
+            x = noise.get(name, None)
+            if x is None or x.numel() != copies * n * width:
+                got = None if x is None else list(x.shape)
+                raise ValueError(
+                    f"{type(self).__name__}: the input's {NOISE_KEY!r} entry needs {name!r} with "
+                    f"{copies * n * width} values ([*batch{', ' + str(copies) if copies > 1 else ''}, {width}]), "
+                    f"got {got}; build it with draw_noise"
+                )
+            x = x.reshape(n, copies, width).transpose(0, 1) if copies > 1 else x
+            out[name] = x.reshape(copies * n, width)
+        return out
+
     def read_batch(self, tensordict: TensorDictBase) -> dict[str, torch.Tensor]:
         """The batch's entries, flattened to one batch dimension, with the
         actions mapped to [-1, 1] and validated (when ``check_inputs``)."""
@@ -301,10 +362,14 @@ class FlowCriticLoss(LossModule):
                 raise ValueError(f"DeFlowLoss: {name} contains NaN or inf")
 
     # -- the loss terms ----------------------------------------------------------
-    def _flow_matching(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """Per-sample flow matching on the linear path ``x_t = (1 − t) x_0 + t a``."""
-        x0 = self._noise(*action.shape, like=action)
-        t = torch.rand(action.shape[0], 1, device=action.device, dtype=action.dtype)
+    def _flow_matching(
+        self, obs: torch.Tensor, action: torch.Tensor, x0: torch.Tensor | None = None, t: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Per-sample flow matching on the linear path ``x_t = (1 − t) x_0 + t a``
+        (``x0 ~ N(0, I)`` and ``t ~ U[0, 1]`` drawn here unless given)."""
+        if x0 is None:
+            x0 = self._noise(*action.shape, like=action)
+            t = torch.rand(action.shape[0], 1, device=action.device, dtype=action.dtype)
         x_t = (1 - t) * x0 + t * action
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_flow):
             loss = (self.actor.velocity(obs, x_t, t) - (action - x0)).pow(2).mean(-1)
@@ -446,7 +511,10 @@ class DeFlowLoss(FlowCriticLoss):
 
     The loss reads ``observation``, ``action``, ``("next", "observation")``,
     ``("next", "reward")``, ``("next", "done")`` and ``("next", "terminated")``
-    (rename with :meth:`set_keys`), with any leading batch shape, and returns
+    (rename with :meth:`set_keys`), with any leading batch shape, and, when
+    present, the forward's noise under the reserved key ``"_noise"``
+    (:data:`NOISE_KEY`, made by :meth:`draw_noise`; drawn from torch's global
+    generator otherwise, with the same result for the same seed), and returns
     ``loss_qvalue``, ``loss_flow``, ``loss_actor``, ``loss_alpha`` and detached
     metrics; it writes the per-sample TD error under ``td_error`` in the input
     (for :class:`~torchrl.data.PrioritizedSampler`). Sum the ``loss_*``
@@ -499,6 +567,9 @@ class DeFlowLoss(FlowCriticLoss):
         "target_mean",
         "flow_bc_mse",
     ]
+    # forward's random draws, in order: the ODE start noise at s and s' (one [2B, A] draw), then flow
+    # matching's x_0 [B, A] and t [B, 1] (see draw_noise).
+    NOISE_DRAWS = (("ode", "normal", 2, None), ("x0", "normal", 1, None), ("t", "uniform", 1, 1))
 
     def __init__(
         self,
@@ -525,9 +596,9 @@ class DeFlowLoss(FlowCriticLoss):
 
         # One batched no-grad ODE solve gives the base actions at s (refiner
         # loss) and s' (critic target).
+        noise = self._forward_noise(tensordict, batch, action)
         both_obs = torch.cat([obs, next_obs], dim=0)
-        noise = self._noise(2 * batch, action.shape[-1], like=action)
-        base_both = self.solve_flow_no_grad(both_obs, noise)
+        base_both = self.solve_flow_no_grad(both_obs, noise["ode"])
         base, next_base = base_both[:batch], base_both[batch:]
 
         # Critic: y from the target ensemble at π(s').
@@ -535,7 +606,7 @@ class DeFlowLoss(FlowCriticLoss):
             next_action = refine(refiner, next_obs, next_base)
         loss_qvalue, q, target = self.qvalue_loss_terms(tensordict, v, next_action)
 
-        loss_flow = self._flow_matching(obs, action)
+        loss_flow = self._flow_matching(obs, action, noise["x0"], noise["t"])
 
         # Refiner inside the trust region.
         delta = refiner(obs, base)
