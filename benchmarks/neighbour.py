@@ -13,7 +13,9 @@ Policies (each runs in its own process: the OpenMP wait policy is read when torc
 * ``passive``: the same threads, ``OMP_WAIT_POLICY=PASSIVE`` (idle threads sleep at once);
 * ``one``: one thread (leaves the other core to the neighbour);
 * ``spin10k``, ``spin1k``: all usable CPUs, idle threads spin only 10,000 / 1,000 times (``GOMP_SPINCOUNT``;
-  GNU OpenMP's default is 300,000) before sleeping.
+  GNU OpenMP's default is 300,000) before sleeping;
+* ``adaptive``: the app's ``threads=adaptive`` (with its ``GOMP_SPINCOUNT=1000``): after a first window the
+  threads are the usable CPUs minus those the other processes keep busy, re-checked after every timed repeat.
 
     python benchmarks/neighbour.py                       # ≈ 2-3 min on 2 cores
     python benchmarks/neighbour.py --json neighbour.json --repeats 7
@@ -40,6 +42,7 @@ POLICIES = {
     "spin1k": {"threads": 0, "env": {"GOMP_SPINCOUNT": "1000"}},
     "spin100": {"threads": 0, "env": {"GOMP_SPINCOUNT": "100"}},
     "spin3k": {"threads": 0, "env": {"GOMP_SPINCOUNT": "3000"}},
+    "adaptive": {"threads": -1, "env": {"GOMP_SPINCOUNT": "1000"}},  # the app's threads=adaptive
 }
 
 
@@ -49,20 +52,27 @@ def child(args) -> None:
     import torch
     from update_throughput import CONFIGS, make_batch, make_updater
 
-    from deflow_trl.threads import usable_cpus
+    from deflow_trl.threads import AdaptiveThreads, usable_cpus
 
-    torch.set_num_threads(args.threads or usable_cpus())
+    torch.set_num_threads(args.threads if args.threads > 0 else usable_cpus())
+    adaptive = AdaptiveThreads() if args.threads < 0 else None
     updater = make_updater(CONFIGS[args.config], compile=False)
     batch = make_batch()
-    for _ in range(3):
+    if adaptive is not None:
+        adaptive.load.sample()
+    for _ in range(3 if adaptive is None else args.updates):
         updater(batch)
-    samples = []
+    samples, counts = [], []
     for _ in range(args.repeats):
+        if adaptive is not None:
+            adaptive.update()  # the app does this at its log points
+        counts.append(torch.get_num_threads())
         t0 = time.perf_counter()
         for _ in range(args.updates):
             updater(batch)
         samples.append(1e3 * (time.perf_counter() - t0) / args.updates)
-    print(json.dumps({"ms": statistics.median(samples), "samples_ms": samples, "threads": torch.get_num_threads()}))
+    print(json.dumps({"ms": statistics.median(samples), "samples_ms": samples, "threads": torch.get_num_threads(),
+                      "threads_per_repeat": counts}))
 
 
 def measure(policy: str, neighbour: bool, args) -> dict:
@@ -108,7 +118,8 @@ def main(argv=None) -> dict:
         busy = measure(policy, True, args)
         rows.append({"policy": policy, "threads": quiet["threads"], "quiet_ms": quiet["ms"], "neighbour_ms": busy["ms"],
                      "slowdown": busy["ms"] / quiet["ms"], "quiet_samples_ms": quiet["samples_ms"],
-                     "neighbour_samples_ms": busy["samples_ms"]})
+                     "neighbour_samples_ms": busy["samples_ms"], "quiet_threads_per_repeat": quiet["threads_per_repeat"],
+                     "neighbour_threads_per_repeat": busy["threads_per_repeat"]})
     best_quiet = min(r["quiet_ms"] for r in rows)
     for r in rows:
         r["quiet_vs_best"] = r["quiet_ms"] / best_quiet

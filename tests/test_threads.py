@@ -105,5 +105,35 @@ def test_a_backend_that_cannot_run_here_is_one_line_naming_the_ones_that_can(mon
     assert "\n" not in message
     with initialize_config_dir(CONFIG_DIR, version_base=None):
         cfg = compose("train", overrides=["threads=0"])
-    with pytest.raises(ConfigError, match="^threads must be 'auto' or a count >= 1, got 0$"):
+    with pytest.raises(ConfigError, match="^threads must be 'auto', 'adaptive' or a count >= 1, got 0$"):
         validate_config(cfg)
+
+
+def test_other_load_is_the_machines_busy_time_minus_this_process(monkeypatch):
+    """Fake /proc/stat and clocks: 3 s of wall time, 5 CPU-seconds busy machine-wide, 2 of them this process's."""
+    hz = os.sysconf("SC_CLK_TCK")
+    stats = iter([f"cpu  {100 * hz} 0 0 {900 * hz} 0 0 0 0 0 0\n", f"cpu  {105 * hz} 0 0 {901 * hz} 0 0 0 0 0 0\n"])
+    clocks = iter([10.0, 13.0])
+    cpu = iter([1.0, 3.0])
+    monkeypatch.setattr(threads, "_read", lambda path: next(stats) if path == "/proc/stat" else None)
+    monkeypatch.setattr("time.monotonic", lambda: next(clocks))
+    monkeypatch.setattr("time.process_time", lambda: next(cpu))
+    load = threads.OtherLoad()
+    assert load.sample() is None  # opens the window
+    assert load.sample() == pytest.approx((5 - 2) / 3)  # 1 CPU kept busy by others
+
+
+def test_adaptive_threads_give_a_busy_core_back_and_take_it_again(monkeypatch):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        adaptive = threads.AdaptiveThreads(usable=2, current=2)
+        assert [adaptive.decide(o) for o in (None, 0.0, 0.4, 0.6, 1.0, 1.7, 3.0)] == [2, 2, 2, 1, 1, 1, 1]
+        loads = iter([1.0, 1.0, 0.05])
+        monkeypatch.setattr(adaptive.load, "sample", lambda: next(loads))
+        assert adaptive.update() == (2, 1, 1.0) and torch.get_num_threads() == 1  # a neighbour: one core left to it
+        assert adaptive.update() is None  # still there: nothing changes
+        assert adaptive.update() == (1, 2, 0.05) and torch.get_num_threads() == 2  # it left
+    finally:
+        torch.set_num_threads(before)

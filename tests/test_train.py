@@ -289,3 +289,29 @@ def test_a_run_that_slows_down_says_so_once(tiny_ogbench_dir, tmp_path, monkeypa
     assert len(said) == 1 and "100.0 steps/s from 1000.0 steps/s" in said[0] and "threads=1" in said[0]
     with open(tmp_path / "train.log") as f:
         assert f.read().count("training slowed") == 1
+
+
+def test_adaptive_threads_follow_the_other_processes_load(tiny_ogbench_dir, tmp_path, monkeypatch, caplog):
+    """threads=adaptive: at each log point the thread count becomes the usable CPUs minus those others keep busy
+    (here a fake neighbour appears after the first window), logged and recorded as time/threads."""
+    import logging
+
+    from deflow_trl import threads
+
+    loads = iter([None, 0.0, 1.0, 1.0, 1.0, 1.0])  # first call opens the window; a neighbour from the 2nd log point
+    monkeypatch.setattr(threads.OtherLoad, "sample", lambda self: next(loads, 1.0))
+    before = torch.get_num_threads()
+    try:
+        with caplog.at_level(logging.INFO, logger="deflow_trl.app.train"):
+            run(config(tiny_ogbench_dir, "threads=adaptive", "offline_steps=12", "eval_interval=100", "log_interval=3",
+                       "save_interval=100"), str(tmp_path))
+        steps, counts = read_scalar(str(tmp_path), "time/threads")
+        usable = int(counts[0])  # the run's starting count (usable CPUs, or an exported OMP_NUM_THREADS)
+        assert usable == (int(os.environ["OMP_NUM_THREADS"]) if os.environ.get("OMP_NUM_THREADS") else threads.usable_cpus())
+        assert steps.tolist() == [3, 6, 9, 12]
+        assert counts.tolist() == [usable, max(1, usable - 1), max(1, usable - 1), max(1, usable - 1)]
+        said = [r.getMessage() for r in caplog.records if "threads=adaptive" in r.getMessage()]
+        assert said == ([f"threads {usable} -> {usable - 1}: other processes keep 1.0 CPU(s) busy (threads=adaptive)"]
+                        if usable > 1 else [])
+    finally:
+        torch.set_num_threads(before)

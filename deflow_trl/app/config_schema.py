@@ -191,7 +191,7 @@ class TrainSchema:
     overwrite: bool = False
     init_from: Optional[str] = None
     device: str = "cpu"
-    threads: Any = "auto"  # auto | a count (deflow_trl.threads.resolve_threads checks it)
+    threads: Any = "auto"  # auto | adaptive | a count (deflow_trl.threads.resolve_threads checks it)
     compile_update: bool = True
     progress: bool = True
     debug: bool = False

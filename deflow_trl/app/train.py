@@ -86,7 +86,7 @@ from deflow_trl.envs import evaluation
 from deflow_trl.envs.evaluation import record_episode
 from deflow_trl.errors import ConfigError, debug_requested, one_line
 from deflow_trl.paths import check_writable, default_dataset_dir
-from deflow_trl.threads import apply_threads
+from deflow_trl.threads import AdaptiveThreads, apply_threads
 from deflow_trl.update import make_update
 
 log = logging.getLogger("deflow_trl.app.train")
@@ -254,6 +254,8 @@ class TrainingRun:
         self.state = None  # the checkpoint this run resumes or starts from
         self.last_eval: dict = {}
         self.watch = SlowdownWatch()
+        # threads=adaptive: at each log point, threads = usable CPUs minus those other processes keep busy
+        self.adaptive = AdaptiveThreads(usable=torch.get_num_threads()) if str(cfg.get("threads", "auto")).lower() == "adaptive" else None
 
     def execute(self) -> dict:
         """Every stage in order; returns the last evaluation."""
@@ -387,6 +389,8 @@ class TrainingRun:
         self.saved_path = self.found[1] if self.resuming else None
         # Training throughput between log points, evaluation and checkpoint time left out.
         self.window_start, self.window_step, self.paused_s = time.perf_counter(), self.step, 0.0
+        if self.adaptive is not None:
+            self.adaptive.load.sample()  # opens the first window of the other processes' load
         self.bar = tqdm(total=self.total, initial=self.step, desc=f"{cfg.agent.name} {cfg.dataset}",
                         disable=not cfg.progress, dynamic_ncols=True)
         self.started = time.perf_counter()
@@ -471,6 +475,11 @@ class TrainingRun:
             warning = self.watch.observe(values["time/steps_per_s"])
             if warning:
                 log.warning(warning)
+        if self.adaptive is not None:
+            change = self.adaptive.update()
+            if change is not None:
+                log.info("threads %d -> %d: other processes keep %.1f CPU(s) busy (threads=adaptive)", *change)
+            values["time/threads"] = float(self.adaptive.current)
         self.window_start, self.window_step, self.paused_s = now, self.step, 0.0
         self.metrics.log(values, self.step)
         self.bar.set_postfix({k: f"{out[k].item():.3g}" for k in self.LOSS_KEYS if k in out.keys()}
