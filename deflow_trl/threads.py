@@ -53,8 +53,10 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 
-__all__ = ["AdaptiveThreads", "OtherLoad", "apply_threads", "cgroup_cpu_limit", "prefer_short_spin", "resolve_threads", "usable_cpus", "SPIN_VAR", "WAIT_POLICY_VAR"]
+__all__ = ["AdaptiveThreads", "OtherLoad", "apply_threads", "cgroup_cpu_limit", "prefer_short_spin", "resolve_threads",
+           "threads_mode", "usable_cpus", "SPIN_VAR", "WAIT_POLICY_VAR"]
 
 WAIT_POLICY_VAR = "OMP_WAIT_POLICY"
 SPIN_VAR = "GOMP_SPINCOUNT"
@@ -108,12 +110,18 @@ def usable_cpus() -> int:
     return max(1, cpus)
 
 
+def threads_mode(value: int | str) -> str | None:
+    """``"auto"`` or ``"adaptive"`` for those settings of ``threads`` (any case), None for anything else (a count)."""
+    mode = value.strip().lower() if isinstance(value, str) else None
+    return mode if mode in ("auto", "adaptive") else None
+
+
 def resolve_threads(value: int | str) -> int:
     """The thread count for ``threads=value``: ``auto`` → :func:`usable_cpus`; a count must be 1…usable.
 
     Raises ``ValueError`` with one line naming the value and the usable CPUs.
     """
-    if isinstance(value, str) and value.strip().lower() in ("auto", "adaptive"):
+    if threads_mode(value):
         return usable_cpus()
     try:
         count = int(value)
@@ -152,8 +160,7 @@ def apply_threads(value: int | str) -> int:
     """
     import torch  # lazy: this module is imported by entry points before torch (prefer_short_spin)
 
-    auto = isinstance(value, str) and value.strip().lower() in ("auto", "adaptive")
-    if auto and os.environ.get("OMP_NUM_THREADS"):
+    if threads_mode(value) and os.environ.get("OMP_NUM_THREADS"):
         return torch.get_num_threads()
     count = resolve_threads(value)
     if torch.get_num_threads() != count:
@@ -161,9 +168,9 @@ def apply_threads(value: int | str) -> int:
     return count
 
 
-def _busy_cpu_seconds(stat: str | None = None) -> float | None:
+def _busy_cpu_seconds() -> float | None:
     """CPU seconds all CPUs spent busy since boot (``/proc/stat``'s first line: all but idle and iowait)."""
-    text = stat if stat is not None else _read("/proc/stat")
+    text = _read("/proc/stat")
     if not text or not text.startswith("cpu "):
         return None
     fields = [int(x) for x in text.split("\n", 1)[0].split()[1:]]
@@ -187,8 +194,6 @@ class OtherLoad:
         self._last: tuple[float, float, float] | None = None
 
     def sample(self) -> float | None:
-        import time  # lazy: keeps the module's import list to what entry points need
-
         busy = _busy_cpu_seconds()
         if busy is None:
             return None
