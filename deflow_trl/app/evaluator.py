@@ -51,10 +51,21 @@ from omegaconf import DictConfig, OmegaConf
 from deflow_trl.app.agents import build_agent
 from deflow_trl.app.signals import STOP_SIGNALS
 from deflow_trl.console import quiet_app
-from deflow_trl.envs.evaluation import evaluate, make_eval_env
+from deflow_trl.envs import evaluation
+from deflow_trl.envs.evaluation import evaluate
 from deflow_trl.envs.ogbench import make_batched_env
 
-__all__ = ["InlineEvaluator", "BackgroundEvaluator", "make_evaluator"]
+__all__ = ["InlineEvaluator", "BackgroundEvaluator", "make_evaluator", "is_pixels", "make_eval_env"]
+
+
+def is_pixels(cfg: DictConfig) -> bool:
+    """A visual suite (``deflow_trl/configs/env/visual_*.yaml``): frames in, an encoder per network."""
+    return bool(cfg.env.get("pixels", False))
+
+
+def make_eval_env(cfg: DictConfig, seed: int):
+    """The single-task env of ``cfg.dataset`` (frame-stacked pixels for visual suites)."""
+    return evaluation.make_eval_env(cfg.dataset, seed, cfg.env.frame_stack if is_pixels(cfg) else None)
 
 
 class _Evaluation:
@@ -66,8 +77,7 @@ class _Evaluation:
         self._single, self._batched, self._own_single = env, None, env is None
 
     def _env(self):
-        frame_stack = self.cfg.env.frame_stack if self.cfg.env.get("pixels", False) else None
-        make_env = functools.partial(make_eval_env, self.cfg.dataset, self.cfg.seed, frame_stack)
+        make_env = functools.partial(make_eval_env, self.cfg, self.cfg.seed)
         if self.num_envs > 1:
             if self._batched is None:  # built at the first evaluation, reused for the run (≈ 1-2 s per cube env)
                 self._batched = make_batched_env(make_env,

@@ -58,7 +58,7 @@ from tqdm import tqdm
 from deflow_trl.app.agents import agent_kind, build_agent, trains_flow_only
 from deflow_trl.app.checkpoint import load_latest_checkpoint, rng_state, save_checkpoint, set_rng_state
 from deflow_trl.app.config_schema import check_config, resolve_device, validate_config  # noqa: F401 (re-exported)
-from deflow_trl.app.evaluator import make_evaluator
+from deflow_trl.app.evaluator import is_pixels, make_eval_env, make_evaluator  # re-exported
 from deflow_trl.app.plot import plot_run
 from deflow_trl.app.progress import SlowdownWatch
 from deflow_trl.app.rundir import (
@@ -82,11 +82,10 @@ from deflow_trl.data import (
 )
 from deflow_trl.data.files import npz_headers
 from deflow_trl.data.pixels import make_pixel_replay_buffer, visual_dataset_path
-from deflow_trl.envs import evaluation
 from deflow_trl.envs.evaluation import record_episode
 from deflow_trl.errors import ConfigError, debug_requested, one_line
 from deflow_trl.paths import check_writable, default_dataset_dir
-from deflow_trl.threads import AdaptiveThreads, apply_threads
+from deflow_trl.threads import AdaptiveThreads, apply_threads, threads_mode
 from deflow_trl.update import make_update
 
 log = logging.getLogger("deflow_trl.app.train")
@@ -104,7 +103,6 @@ class TrainingStopped(Exception):
 # ----------------------------------------------------------------------------- data
 def dataset_header(cfg: DictConfig) -> dict | None:
     """Shapes of the train file's arrays, read from the ``.npz`` headers (no decompression); None if missing."""
-
     if is_pixels(cfg):
         path = visual_dataset_path(cfg.dataset, cfg.data.dataset_dir, "train")
     else:
@@ -112,16 +110,6 @@ def dataset_header(cfg: DictConfig) -> dict | None:
     if not os.path.isfile(path):
         return None
     return {k: shape for k, (shape, _) in npz_headers(path).items()} | {"path": path}
-
-
-def is_pixels(cfg: DictConfig) -> bool:
-    """A visual suite (``deflow_trl/configs/env/visual_*.yaml``): frames in, an encoder per network."""
-    return bool(cfg.env.get("pixels", False))
-
-
-def make_eval_env(cfg: DictConfig, seed: int):
-    """The single-task env of ``cfg.dataset`` (frame-stacked pixels for visual suites)."""
-    return evaluation.make_eval_env(cfg.dataset, seed, cfg.env.frame_stack if is_pixels(cfg) else None)
 
 
 def check_data_fits(cfg: DictConfig, env, header: dict | None) -> None:
@@ -255,7 +243,8 @@ class TrainingRun:
         self.last_eval: dict = {}
         self.watch = SlowdownWatch()
         # threads=adaptive: at each log point, threads = usable CPUs minus those other processes keep busy
-        self.adaptive = AdaptiveThreads(usable=torch.get_num_threads()) if str(cfg.get("threads", "auto")).lower() == "adaptive" else None
+        adaptive = threads_mode(cfg.get("threads", "auto")) == "adaptive"
+        self.adaptive = AdaptiveThreads(usable=torch.get_num_threads()) if adaptive else None
 
     def execute(self) -> dict:
         """Every stage in order; returns the last evaluation."""
