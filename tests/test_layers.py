@@ -15,7 +15,7 @@ import pathlib
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "deflow_trl"
 FLOORS = ("base", "core", "envs", "data", "app")
 # Lowest floor: imports nothing of the package but other base modules.
-BASE = {"errors", "extras", "console", "paths", "filelock", "hardware", "compile_compat", "threads"}
+BASE = {"errors", "extras", "console", "paths", "filelock", "hardware", "compile_compat", "threads", "lazy"}
 # Entry points kept at their old paths (``python -m deflow_trl.train``, the Hydra callback): they are the app.
 FORWARDERS = {"train", "summarize", "sweep_report"}
 

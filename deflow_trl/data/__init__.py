@@ -10,7 +10,9 @@
 * :func:`make_pixel_replay_buffer`, :func:`load_visual_dataset` — ``visual-*`` (pixel) datasets: uint8
   frames stored once, 3-frame stacks and random-crop augmentation at sampling time (:mod:`deflow_trl.data.pixels`).
 """
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from deflow_trl.lazy import lazy_names
 
 # The names below are imported on first use (module ``__getattr__``), not with the package: otherwise
 # `python -m deflow_trl.data.generate` would find its module already imported by the package (runpy warns).
@@ -44,18 +46,7 @@ if TYPE_CHECKING:
     from deflow_trl.envs.names import OGBenchName, parse_ogbench_name
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'deflow_trl.data' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())
 
 
 def _register() -> None:

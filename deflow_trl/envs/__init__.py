@@ -13,7 +13,7 @@ Examples:
     >>> parse_ogbench_name("cube-single-play-singletask-task1-v0").env_id
     'cube-single-singletask-task1-v0'
 """
-from typing import Any
+from deflow_trl.lazy import lazy_names
 
 _LAZY = {
     "OGBenchName": "deflow_trl.envs.names", "parse_ogbench_name": "deflow_trl.envs.names",
@@ -28,15 +28,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'deflow_trl.envs' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())
