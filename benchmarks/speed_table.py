@@ -26,6 +26,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -90,18 +91,18 @@ def update_rows() -> list[dict]:
 
 
 def neighbour_rows() -> list[dict]:
-    out = subprocess.run([sys.executable, os.path.join(HERE, "neighbour.py"), "--policies", "active", "spin1k", "one",
-                          "--json", os.devnull], capture_output=True, text=True, check=False)
-    if out.returncode:
-        return [{"figure": "neighbour", "error": out.stderr[-500:]}]
-    rows = []
-    for line in out.stdout.splitlines():
-        parts = line.split()
-        if len(parts) >= 6 and parts[0] in ("active", "spin1k", "one"):
-            rows.append({"figure": f"update quick eager beside one busy process, {parts[0]} ({parts[1]} threads)",
-                         "ms": float(parts[3]), "quiet_ms": float(parts[2]), "slowdown": float(parts[4].rstrip("×")),
-                         "vs_best_quiet": float(parts[5].rstrip("×"))})
-    return rows
+    """The quick eager update quiet and beside one busy process, per thread policy (``neighbour.py``'s JSON)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        path = os.path.join(scratch, "neighbour.json")
+        out = subprocess.run([sys.executable, os.path.join(HERE, "neighbour.py"), "--policies", "active", "spin1k", "one",
+                              "--json", path], capture_output=True, text=True, check=False)
+        if out.returncode:
+            return [{"figure": "neighbour", "error": out.stderr[-500:]}]
+        with open(path) as f:
+            measured = json.load(f)["rows"]
+    return [{"figure": f"update quick eager beside one busy process, {r['policy']} ({r['threads']} threads)",
+             "ms": r["neighbour_ms"], "quiet_ms": r["quiet_ms"], "slowdown": r["slowdown"],
+             "vs_best_quiet": r["neighbour_vs_best_quiet"]} for r in measured]
 
 
 def main(argv=None) -> dict:
