@@ -75,6 +75,7 @@ from deflow_trl.compile_compat import unguard_tensorclass_memo
 # The weight types live in deflow_trl.flow_weights, shared with kernels/ (no import circle).
 from deflow_trl.flow_weights import FlowWeights
 from deflow_trl.hardware import bf16_not_native_reason, warn_if_bf16_not_native
+from deflow_trl.nets import _gelu
 
 logger = logging.getLogger(__name__)
 
@@ -181,10 +182,6 @@ def resolve_backend(name: str, device: torch.device | str) -> str:
 
 
 # -- the functional units (same op order as solve_flow / refine) -------------
-def _gelu(h: torch.Tensor) -> torch.Tensor:
-    return F.gelu(h, approximate="tanh")
-
-
 def _tail(h, hidden_w, hidden_b, out_w, out_b):
     """Hidden layers then the head, from the first pre-activation ``h`` (fp32).
     Hidden layers run in their weights' dtype; the head and result are fp32."""

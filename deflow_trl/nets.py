@@ -12,6 +12,7 @@ rewrite of ``Linear(concat(s, x, t))``.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -22,7 +23,25 @@ DEFAULT_HIDDEN = (512, 512, 512, 512)
 LAYER_NORM_EPS = 1e-6
 
 
+#: GELU(tanh) as ``x·σ(2u)``, ``u = √(2/π)(x + 0.044715x³)``: the same function (``½(1 + tanh u) = σ(2u)``).
+_GELU_A = 2.0 * math.sqrt(2.0 / math.pi)
+_GELU_B = _GELU_A * 0.044715
+#: Compiled CPU code uses the ``x·σ(2u)`` form when true; ``benchmarks/ab_gelu.py`` flips it to time both in one run
+#: (dynamo guards on it, so each value gets its own graph).
+FAST_COMPILED_GELU = True
+
+
 def _gelu(x: torch.Tensor) -> torch.Tensor:
+    """GELU with the tanh approximation (the reference's activation).
+
+    Eager code calls ``F.gelu(x, approximate="tanh")``, the reference every other path is tested against.
+    Compiled code on CPU computes the same function as ``x·σ(2u)``: inductor's C++ backend vectorises
+    ``exp`` (the sigmoid) ≈ 5× faster than ``tanh``; measured on a 512×256 tensor, 2-core Zen 4, forward
+    138 → 60 µs, forward + backward 415 → 234 µs (docs/results.md, "Fast GELU"). Values differ from eager by
+    float32 round-off (≤ 4.3e-7 absolute vs a float64 reference, eager's own: 2.4e-7).
+    """
+    if torch.compiler.is_compiling() and x.device.type == "cpu" and FAST_COMPILED_GELU:
+        return x * torch.sigmoid(x * (_GELU_A + _GELU_B * (x * x)))
     return F.gelu(x, approximate="tanh")
 
 

@@ -263,3 +263,22 @@ def test_bf16_solves_auto_follows_the_hardware(fake_cpu):
         assert loss.bf16_solves is native and fql_loss.bf16_solves is native
     with pytest.raises(ValueError, match="bf16_solves must be true, false or 'auto'"):
         make_deflow(4, 2, hidden_sizes=(8,), bf16_solves="yes")
+
+
+def test_compiled_gelu_is_the_reference_gelu():
+    """Compiled CPU code writes GELU(tanh) as x·σ(2u) (nets._gelu): the same values and gradients as eager
+    ``F.gelu(approximate="tanh")`` to float32 round-off over the range that matters, including the tails where
+    exp over/underflows (x = ±60), and NaN stays NaN."""
+    from deflow_trl.nets import _gelu
+
+    x = torch.cat([torch.linspace(-60, 60, 4001), torch.tensor([-1e30, 1e30, float("nan")])]).requires_grad_()
+    ref = torch.nn.functional.gelu(x, approximate="tanh")
+    (g_ref,) = torch.autograd.grad(ref.sum(), x)
+    compiled = torch.compile(_gelu, fullgraph=True, backend="inductor")
+    out = compiled(x)
+    (g_out,) = torch.autograd.grad(out.sum(), x)
+    finite = torch.isfinite(ref)
+    assert torch.isnan(out[-1]) and torch.isnan(ref[-1])
+    assert ((out - ref).abs()[finite] / (1 + ref.abs()[finite])).max() <= 1e-6
+    ok = torch.isfinite(g_ref)
+    assert ((g_out - g_ref).abs()[ok] / (1 + g_ref.abs()[ok])).max() <= 1e-5
