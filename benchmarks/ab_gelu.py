@@ -84,7 +84,7 @@ def sampler_rows(repeats: int) -> list[dict]:
     with torch.no_grad():
         for b, n in ((1, 100), (256, 5)):
             obs, noise = torch.randn(b, OBS), torch.randn(b, ACT)
-            ms = interleaved({k: (set_up(k), lambda: sampler(obs, noise)) for k in VARIANTS}, n, repeats)
+            ms = interleaved({k: (set_up(k), lambda o=obs, z=noise: sampler(o, z)) for k in VARIANTS}, n, repeats)
             outs = []
             for k in VARIANTS:
                 set_up(k)()

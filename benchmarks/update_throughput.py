@@ -16,6 +16,7 @@ the change of every loss vs fp32 from the same state and RNG.
     python benchmarks/update_throughput.py --device cuda --config reference   # + "compiled, no CUDA graphs"
     python benchmarks/update_throughput.py --config reference --fql --no-compile   # DeFlow vs FQL, same run
     python benchmarks/update_throughput.py --config pixels --pixel-batch 256     # impala_small ×3 on 64×64×9 frames
+    python benchmarks/update_throughput.py --seeds 1 2 4 8      # seeds in one process vs lone runs (seed_throughput.py)
 
 On CUDA the compiled modes capture the step in a CUDA graph (the
 ``Updater``'s default there); without ``--quick``, ``compiled, no CUDA
@@ -228,7 +229,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--compile-backend", default=None,
                         help="torch.compile backend of the compiled modes (default inductor; 'eager' tests plumbing only)")
     parser.add_argument("--pixel-batch", type=int, default=BATCH, help="batch of --config pixels (reference 256)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="several seeds in one process instead: seed-updates/s of a SeedGroup of each size vs the "
+                             "same lone runs one after another and one process per CPU (benchmarks/seed_throughput.py)")
     args = parser.parse_args(argv)
+    if args.seeds:
+        import seed_throughput
+
+        configs = args.config or ["quick", "reference"]
+        return seed_throughput.main(["--seeds", *map(str, args.seeds), "--config", *configs,
+                                     *(["--threads", str(args.threads)] if args.threads else []),
+                                     *(["--json", args.json] if args.json else [])])
     device = torch.device(args.device)
     if args.config and "pixels" in args.config:
         if args.config != ["pixels"]:

@@ -164,3 +164,32 @@ def warn_if_bf16_not_native(device: torch.device | str, what: str = "bf16") -> b
             stacklevel=2,
         )
     return False
+
+
+def available_memory_bytes(device: torch.device | str = "cpu") -> int | None:
+    """Memory this process can still allocate on ``device``: CUDA's free memory, or on a CPU the smaller of
+    ``MemAvailable`` (``/proc/meminfo``) and the cgroup's limit minus its usage (v2 ``memory.max``, v1
+    ``memory.limit_in_bytes``). None where it cannot be read (another OS)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    found = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            with open(limit_file) as f, open(usage_file) as g:
+                limit, usage = f.read().strip(), g.read().strip()
+        except OSError:
+            continue
+        if limit.isdigit() and int(limit) < 2**60:
+            found.append(max(int(limit) - int(usage), 0))
+        break
+    return min(found) if found else None

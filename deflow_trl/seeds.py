@@ -127,6 +127,10 @@ class _Swap:
         self.streams._set(self.outer)
 
 
+def _same(a, b) -> bool:
+    return bool(torch.equal(a, b)) if torch.is_tensor(a) and torch.is_tensor(b) else a == b
+
+
 def _config(module: torch.nn.Module) -> list[tuple[str, object]]:
     """The plain settings (numbers, strings, flags) of ``module`` and its submodules."""
     plain = (bool, int, float, str, type(None))
@@ -365,6 +369,51 @@ class SeedGroup:
         self.optimizer.load_state_dict(state["optimizer"])
         self.rng.states = [tuple(state_i) for state_i in state["rng"]]
 
+    # -- one seed's optimiser state, in a lone run's layout --------------------------------
+    def optimizer_state_dict(self, i: int) -> dict:
+        """Seed ``i``'s slice of the optimiser's state, laid out as a lone run's
+        ``torch.optim.Optimizer(loss.parameters()).state_dict()`` (the same parameter
+        indices: the stacked leaves are in ``loss.named_parameters()`` order). Per-element
+        entries (Adam's moments, SGD's momentum) are sliced; ``step`` is shared by all seeds."""
+        full = self.optimizer.state_dict()
+        def one(k, v):  # copies: an optimiser's state_dict hands out its live tensors
+            if not torch.is_tensor(v):
+                return v
+            return v.clone() if k == "step" else v[i].clone()
+
+        state = {idx: {k: one(k, v) for k, v in entry.items()} for idx, entry in full["state"].items()}
+        return {"state": state, "param_groups": copy.deepcopy(full["param_groups"])}
+
+    def load_optimizer_state_dicts(self, states: Sequence[dict]) -> None:
+        """The inverse of :meth:`optimizer_state_dict`: one lone-layout state per seed, stacked into the
+        group's optimiser (e.g. lone checkpoints resumed as a group). The seeds' ``step`` counts and
+        hyperparameters must agree (they do for checkpoints of one group or of lone runs at one step)."""
+        if len(states) != len(self.seeds):
+            raise ValueError(f"SeedGroup: {len(states)} optimiser states for {len(self.seeds)} seeds")
+        first = states[0]
+        groups = [[{k: v for k, v in g.items() if k != "params"} for g in s["param_groups"]] for s in states]
+        if any(g != groups[0] for g in groups):
+            raise ValueError("SeedGroup: the seeds' optimiser settings differ (learning rate, betas...)")
+        stacked = {}
+        for idx in first["state"]:
+            entries = [s["state"].get(idx) for s in states]
+            if any(e is None for e in entries):
+                raise ValueError(f"SeedGroup: optimiser state of parameter {idx} missing for some seeds")
+            one = {}
+            for k, v in entries[0].items():
+                if k == "step" or not torch.is_tensor(v):
+                    if any(not _same(e[k], v) for e in entries):
+                        raise ValueError(f"SeedGroup: the seeds' optimisers are at different steps ({k} of parameter "
+                                         f"{idx}: {[float(e[k]) for e in entries]})")
+                    one[k] = v
+                else:
+                    one[k] = torch.stack([e[k] for e in entries])
+            stacked[idx] = one
+        full = self.optimizer.state_dict()
+        for g, saved in zip(full["param_groups"], first["param_groups"]):
+            g.update({k: v for k, v in saved.items() if k != "params"})
+        self.optimizer.load_state_dict({"state": stacked, "param_groups": full["param_groups"]})
+
     @classmethod
     def build(cls, seeds: Sequence[int], make_loss: Callable[[], LossModule], **kwargs) -> SeedGroup:
         """One loss per seed, each built right after ``torch.manual_seed(seed)``
@@ -386,3 +435,32 @@ class SeedGroup:
         if outer_cuda is not None:
             torch.cuda.set_rng_state_all(outer_cuda)
         return cls(losses, seeds, rng_states=states, **kwargs)
+
+
+def estimate_bytes_per_seed(loss: LossModule, batch: TensorDictBase) -> int:
+    """Memory one seed of a :class:`SeedGroup` needs on its device, before training: its parameters and
+    buffers four times over (weights, gradients, two Adam moments) plus the tensors one update keeps for its
+    backward pass at ``batch``'s size. Those are counted (``saved_tensors_hooks``) in an eager forward and
+    backward of ``loss`` on slices of 4 and 8 samples and extrapolated linearly; nothing of ``loss`` changes
+    (gradients reset, RNG state restored). Transient no-grad tensors (the ODE solve's) are not counted."""
+    def saved_bytes(n: int) -> int:
+        total = 0
+
+        def pack(t):
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+
+        with torch.random.fork_rng(devices=[]), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = loss(batch[:n].clone())
+            _total_loss(out).backward()
+        for p in loss.parameters():
+            p.grad = None
+        return total
+
+    small, large = saved_bytes(4), saved_bytes(8)
+    per_sample = max(large - small, 0) / 4
+    activations = small + per_sample * (batch.shape[0] - 4)
+    state = sum(t.numel() * t.element_size() for t in [*loss.parameters(), *loss.buffers()])
+    return int(4 * state + activations)
+

@@ -255,7 +255,7 @@ def test_every_shipped_config_fits_the_schema():
     "override,message",
     [
         ("+agent.hidden_sise=[8]", "agent.hidden_sise: unknown key (did you mean agent.hidden_sizes?)"),
-        ("+foo=1", "foo: unknown key (known: env, agent, logger, data, online, seed, task, dataset,"),
+        ("+foo=1", "foo: unknown key (known: env, agent, logger, data, online, seed, seeds, seeds_per_job, task,"),
         ("+data.storge=memmap", "data.storge: unknown key (did you mean data.storage?)"),
         ("offline_steps=abc", "offline_steps: Value 'abc' of type 'str' could not be converted to Integer"),
         ("agent.refine=maybe", "agent.refine: Value 'maybe' is not a valid bool"),

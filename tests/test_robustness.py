@@ -144,7 +144,7 @@ def test_second_ctrl_c_exits_at_once(tmp_path):
 @pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGINT])
 def test_stop_signal_finishes_the_update_and_checkpoints(tiny_ogbench_dir, tmp_path, monkeypatch, signum):
     """A real signal to this process at the 3rd update (from inside it: deterministic)."""
-    import deflow_trl.app.train as train
+    import deflow_trl.app.training_run as train  # TrainingRun looks make_update (and time) up there
 
     real = train.make_update
 
@@ -197,7 +197,7 @@ def test_stop_signal_is_passed_on_to_the_handler_installed_before():
 def test_submitit_style_sigusr2_saves_then_requeues(tiny_ogbench_dir, tmp_path, monkeypatch):
     """A run inside a launcher that handles SIGUSR2 (submitit): the update finishes, the checkpoint is written,
     then the launcher's handler runs (here it records the saved step and exits as submitit does)."""
-    import deflow_trl.app.train as train
+    import deflow_trl.app.training_run as train  # TrainingRun looks make_update (and time) up there
 
     real, seen = train.make_update, []
 

@@ -265,7 +265,7 @@ def test_a_run_that_slows_down_says_so_once(tiny_ogbench_dir, tmp_path, monkeypa
     names both rates (log and train.log)."""
     import types
 
-    import deflow_trl.app.train as train
+    import deflow_trl.app.training_run as train  # TrainingRun looks make_update (and time) up there
 
     now, real = [0.0], train.make_update
 

@@ -167,3 +167,12 @@ def load_latest_checkpoint(
             f"{', moved aside as *.corrupt' if move_corrupt else ''}); start a new run directory or pass overwrite=true"
         )
     return None
+
+
+def load_checkpoint_at(directory: str, step: int, map_location="cpu") -> tuple[dict, str] | None:
+    """The checkpoint of ``step`` in ``directory`` as ``(state, path)``, or None if it was not kept
+    (a seed group resuming its seeds from their latest common step). A corrupt file is one error naming it."""
+    for at, path in _checkpoint_files(directory):
+        if at == step:
+            return load_checkpoint(path, map_location), path
+    return None

@@ -174,6 +174,8 @@ class TrainSchema:
     data: DataSchema = field(default_factory=DataSchema)
     online: OnlineSchema = field(default_factory=OnlineSchema)
     seed: int = 0
+    seeds: Optional[List[int]] = None  # several seeds in one process (deflow_trl.app.seed_group)
+    seeds_per_job: int = 1  # > 1: this job trains seeds seed .. seed + n - 1 together
     task: int = 2
     dataset: str = ""
     offline_steps: int = 1_000_000
@@ -297,12 +299,34 @@ def _check_agent(a: DictConfig) -> None:
             raise ConfigError(f"agent.{err}") from None
 
 
+def _check_seeds(cfg: DictConfig) -> None:
+    """``seeds`` (a list) and ``seeds_per_job`` (a count): one way of naming a group, its seeds valid and distinct."""
+    seeds, per_job = cfg.get("seeds"), cfg.get("seeds_per_job", 1)
+    if per_job < 1:
+        raise ConfigError(f"seeds_per_job must be >= 1, got {per_job}")
+    if seeds is None:
+        if cfg.seed + per_job > 2**31:
+            raise ConfigError(f"seeds_per_job={per_job} from seed={cfg.seed} runs past 2**31 - 1")
+        return
+    if per_job > 1:
+        raise ConfigError(f"seeds={list(seeds)} and seeds_per_job={per_job} both name a group of seeds: give one")
+    if len(seeds) == 0:
+        raise ConfigError("seeds=[] is empty: give at least one seed (e.g. seeds=[0,1,2])")
+    duplicates = sorted({s for s in seeds if list(seeds).count(s) > 1})
+    if duplicates:
+        raise ConfigError(f"seeds={list(seeds)} repeats {duplicates}: each seed once")
+    bad = [s for s in seeds if not 0 <= s < 2**31]
+    if bad:
+        raise ConfigError(f"seeds must be in [0, 2**31), got {bad}")
+
+
 def check_config(cfg: DictConfig) -> None:
     """Every check that needs no data: one clear error per problem (``cfg`` already typed)."""
 
     _check_agent(cfg.agent)
     if not 0 <= cfg.seed < 2**31:
         raise ConfigError(f"seed must be in [0, 2**31), got {cfg.seed}")
+    _check_seeds(cfg)
     if cfg.eval_episodes < 1:
         raise ConfigError(f"eval_episodes must be >= 1, got {cfg.eval_episodes}")
     if cfg.get("eval_envs", 1) < 1:

@@ -71,10 +71,11 @@ def make_eval_env(cfg: DictConfig, seed: int):
 class _Evaluation:
     """The app's evaluation of one policy: its env(s) (the batched one built at first use) and the protocol."""
 
-    def __init__(self, cfg: DictConfig, env=None, max_steps: int | None = None):
+    def __init__(self, cfg: DictConfig, env=None, max_steps: int | None = None, batched_env=None):
         self.cfg, self.max_steps = cfg, max_steps
         self.num_envs = int(cfg.get("eval_envs", 1))
-        self._single, self._batched, self._own_single = env, None, env is None
+        self._single, self._batched, self._own_single = env, batched_env, env is None
+        self._own_batched = batched_env is None  # a lent batched env (a seed group's) is closed by its owner
 
     def _env(self):
         make_env = functools.partial(make_eval_env, self.cfg, self.cfg.seed)
@@ -95,16 +96,17 @@ class _Evaluation:
                 "seconds": time.perf_counter() - t0}  # the evaluation's own wall time (env building included)
 
     def close(self) -> None:
-        for env, owned in ((self._batched, True), (self._single, self._own_single)):
+        for env, owned in ((self._batched, self._own_batched), (self._single, self._own_single)):
             if env is not None and owned and not env.is_closed:
                 env.close()
 
 
 class InlineEvaluator:
-    """Evaluates in the training process, at once (training waits). ``env``: a built single env to reuse."""
+    """Evaluates in the training process, at once (training waits). ``env``: a built single env to reuse;
+    ``batched_env``: a built batched env (``eval_envs`` of them) to use instead of building one, closed by its owner."""
 
-    def __init__(self, cfg: DictConfig, env=None, max_steps: int | None = None):
-        self._evaluate = _Evaluation(cfg, env, max_steps)
+    def __init__(self, cfg: DictConfig, env=None, max_steps: int | None = None, batched_env=None):
+        self._evaluate = _Evaluation(cfg, env, max_steps, batched_env)
         self._done: list[tuple[int, dict]] = []
 
     def submit(self, step: int, policy) -> None:
@@ -243,8 +245,9 @@ class BackgroundEvaluator:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def make_evaluator(cfg: DictConfig, env, obs_shape, act_dim: int, extra: dict):
-    """The evaluator ``cfg.eval_async`` asks for (``env``: the trainer's built single env, reused inline)."""
+def make_evaluator(cfg: DictConfig, env, obs_shape, act_dim: int, extra: dict, batched_env=None):
+    """The evaluator ``cfg.eval_async`` asks for (``env``: the trainer's built single env, reused inline;
+    ``batched_env``: a built batched env to share, e.g. by the runs of a seed group)."""
     if cfg.get("eval_async", False):
         return BackgroundEvaluator(cfg, obs_shape, act_dim, extra)
-    return InlineEvaluator(cfg, env)
+    return InlineEvaluator(cfg, env, batched_env=batched_env)
