@@ -228,6 +228,8 @@ class FlowCriticLoss(LossModule):
 
     # (name, distribution, copies per sample, width or None for the action dim), in the order forward draws them.
     NOISE_DRAWS: tuple[tuple[str, str, int, int | None], ...] = ()
+    # The same for flow_loss (the flow-BC baseline's update): x_0 then t, as _flow_matching draws them.
+    FLOW_NOISE_DRAWS: tuple[tuple[str, str, int, int | None], ...] = (("x0", "normal", 1, None), ("t", "uniform", 1, 1))
 
     def draw_noise(
         self,
@@ -235,8 +237,10 @@ class FlowCriticLoss(LossModule):
         action_dim: int | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        flow_only: bool = False,
     ) -> TensorDict:
-        """Every random tensor of one :meth:`forward` on a batch of ``batch_size``,
+        """Every random tensor of one :meth:`forward` (``flow_only``: of one :meth:`flow_loss`) on a batch of
+        ``batch_size``,
         drawn from torch's global generator in the order ``forward`` draws them
         (so ``forward`` on the input with this noise under :data:`NOISE_KEY`
         computes, bit for bit, what it computes drawing the noise itself after
@@ -256,7 +260,7 @@ class FlowCriticLoss(LossModule):
         action_dim = self.actor.action_dim if action_dim is None else action_dim
         kw = {"device": like.device if device is None else device, "dtype": like.dtype if dtype is None else dtype}
         out = {}
-        for name, dist, copies, width in self.NOISE_DRAWS:
+        for name, dist, copies, width in self.FLOW_NOISE_DRAWS if flow_only else self.NOISE_DRAWS:
             width = action_dim if width is None else width
             x = (torch.randn if dist == "normal" else torch.rand)(copies * n, width, **kw)
             if copies > 1:  # flat [copies * n, w] (the order forward uses) -> per sample [n, copies, w]
@@ -264,14 +268,16 @@ class FlowCriticLoss(LossModule):
             out[name] = x.reshape(*batch_shape, *x.shape[1:])
         return TensorDict(out, batch_size=batch_shape, device=kw["device"])
 
-    def _forward_noise(self, tensordict: TensorDictBase, n: int, action: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The flat noise tensors of one forward: from ``tensordict[NOISE_KEY]``
-        when present (see :meth:`draw_noise`), else drawn now."""
+    def _forward_noise(
+        self, tensordict: TensorDictBase, n: int, action: torch.Tensor, flow_only: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """The flat noise tensors of one forward (``flow_only``: of one flow_loss): from
+        ``tensordict[NOISE_KEY]`` when present (see :meth:`draw_noise`), else drawn now."""
         noise = tensordict.get(NOISE_KEY, None)
         if noise is None:
-            noise = self.draw_noise(n, action.shape[-1], action.device, action.dtype)
+            noise = self.draw_noise(n, action.shape[-1], action.device, action.dtype, flow_only=flow_only)
         out = {}
-        for name, _, copies, width in self.NOISE_DRAWS:
+        for name, _, copies, width in self.FLOW_NOISE_DRAWS if flow_only else self.NOISE_DRAWS:
             width = action.shape[-1] if width is None else width
             x = noise.get(name, None)
             if x is None or x.numel() != copies * n * width:
@@ -387,7 +393,8 @@ class FlowCriticLoss(LossModule):
     def flow_loss(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, dict]:
         """The behaviour flow's loss alone (no critic, no ODE solve): for
         pre-training the flow or behaviour cloning. Reads only the observation
-        and the action (validated like :meth:`forward`'s)."""
+        and the action (validated like :meth:`forward`'s), and its noise from the
+        input's ``"_noise"`` entry when given (``draw_noise(..., flow_only=True)``)."""
         if tensordict.batch_dims == 0:
             raise ValueError("DeFlowLoss.flow_loss: the input tensordict needs a batch dimension")
         k = self.tensor_keys
@@ -399,7 +406,9 @@ class FlowCriticLoss(LossModule):
         if self.check_inputs and not torch.compiler.is_compiling():
             self._check({"observation": obs, "action": action}, batch_shape, obs_shape)
         n = batch_shape.numel()
-        loss = self._flow_matching(obs.reshape(n, *obs_shape), self._policy_space_action(action, n))
+        action = self._policy_space_action(action, n)
+        noise = self._forward_noise(tensordict, n, action, flow_only=True)  # draws x_0, t (or reads "_noise")
+        loss = self._flow_matching(obs.reshape(n, *obs_shape), action, noise["x0"], noise["t"])
         return self._reduce(loss, self._weights(tensordict), batch_shape), {}
 
     def qvalue_loss_terms(

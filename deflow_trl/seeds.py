@@ -195,6 +195,9 @@ class SeedGroup:
             Adam, lr 3e-4: the reference's); elementwise optimisers only.
         tau: the Polyak rate of the target critic (0.005), or ``None``: no
             target update.
+        flow_only: train the behaviour flow alone (``loss.flow_loss``, the
+            flow-BC baseline's update; pass ``tau=None``): each seed draws only
+            that loss's noise, as a lone flow-BC run does.
 
     Attributes:
         losses: the losses handed in, their tensors now views of the stacked ones.
@@ -211,8 +214,10 @@ class SeedGroup:
         rng_states: Sequence[tuple[torch.Tensor, torch.Tensor | None]] | None = None,
         optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimizer] | None = None,
         tau: float | None = 0.005,
+        flow_only: bool = False,
     ) -> None:
         losses, seeds = list(losses), [int(s) for s in seeds]
+        self.flow_only = flow_only
         _check_losses(losses, seeds)
         self.losses, self.seeds = losses, seeds
         self.device = next(losses[0].parameters()).device
@@ -287,7 +292,8 @@ class SeedGroup:
             with self.rng.use(i):
                 batch = fn()
                 action = batch.get(loss.tensor_keys.action)
-                noise = loss.draw_noise(batch.batch_size, loss.actor.action_dim, action.device, action.dtype)
+                noise = loss.draw_noise(batch.batch_size, loss.actor.action_dim, action.device, action.dtype,
+                                        flow_only=self.flow_only)
             batches.append(batch.set(NOISE_KEY, noise))
         return torch.stack(batches)
 
@@ -295,8 +301,13 @@ class SeedGroup:
         loss = self.template
         loss.__dict__.pop("_cache", None)  # torchrl caches detached params per module: not across seeds
         with state.to_module(loss):
-            out = loss(batch)
+            if self.flow_only:
+                out = TensorDict({"loss_flow": loss.flow_loss(batch)[0]}, [])
+            else:
+                out = loss(batch)
         loss.__dict__.pop("_cache", None)
+        if self.flow_only:
+            return out, torch.zeros(batch.batch_size)  # flow matching has no TD error
         # what the loss wrote into its input (the per-sample TD error) does not leave vmap by itself
         return out, batch.get(loss.tensor_keys.priority)
 
@@ -307,7 +318,8 @@ class SeedGroup:
 
     def _forward(self, batch: TensorDictBase) -> TensorDictBase:
         out, priority = self._vmapped(self._state, batch)
-        batch.set(self.template.tensor_keys.priority, priority)
+        if not self.flow_only:
+            batch.set(self.template.tensor_keys.priority, priority)
         return out
 
     def _checked(self, batch: TensorDictBase) -> TensorDictBase:
@@ -321,7 +333,7 @@ class SeedGroup:
             for loss, one in zip(self.losses, batch.unbind(0)):
                 if getattr(loss, "check_inputs", False):
                     with torch.no_grad():
-                        loss.read_batch(one)
+                        loss.flow_loss(one) if self.flow_only else loss.read_batch(one)
             self._validated = True
         return batch
 

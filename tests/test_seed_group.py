@@ -25,7 +25,7 @@ TINY = [
     "agent.hidden_sizes=[32,32]", "agent.num_flow_steps=2", "batch_size=16", "eval_episodes=1",
     "progress=false", "data.generate_if_missing=false", "compile_update=false", "agent.backend=eager",
 ]
-LOSSES = ("train/loss_qvalue", "train/loss_flow", "train/loss_actor")
+LOSSES = ("train/loss_qvalue", "train/loss_flow")  # at least these (flow BC logs NaN for the critic's)
 LOSS_RTOL, WEIGHT_TOL = 2e-4, 2e-5
 
 
@@ -42,14 +42,16 @@ def final_state(run_dir):
 
 def assert_same_run(a, b, *, exact=False):
     """Two run directories: same logged losses per step and same final weights (bit for bit when ``exact``)."""
-    for name in LOSSES:
+    names = sorted(f"train/{f[:-4]}" for f in os.listdir(os.path.join(a, "metrics", "scalars", "train")))
+    assert set(LOSSES) <= set(names)
+    for name in names:
         sa, va = read_scalar(str(a), name)
         sb, vb = read_scalar(str(b), name)
         assert sa.tolist() == sb.tolist() and len(sa) > 0, name
         if exact:
             assert np.array_equal(va, vb), name
         else:
-            np.testing.assert_allclose(va, vb, rtol=LOSS_RTOL, atol=1e-6, err_msg=name)
+            np.testing.assert_allclose(va, vb, rtol=LOSS_RTOL, atol=1e-6, err_msg=name, equal_nan=True)
     x, y = final_state(a), final_state(b)
     assert x["step"] == y["step"]
     for key, want in x["loss"].items():
@@ -60,7 +62,7 @@ def assert_same_run(a, b, *, exact=False):
             assert ((got - want).abs().max() / want.abs().max().clamp_min(1e-6)).item() < WEIGHT_TOL, key
 
 
-@pytest.mark.parametrize("agent", ["deflow", "fql"])
+@pytest.mark.parametrize("agent", ["deflow", "fql", "flow_bc"])
 def test_each_seed_of_a_group_is_its_lone_run(tiny_ogbench_dir, tmp_path, agent):
     common = ["offline_steps=12", "log_interval=1", "eval_interval=6", "save_interval=6"]
     results = run(config(tiny_ogbench_dir, *common, "seeds=[0,1]", agent=agent), str(tmp_path / "group" / "seed0"))
@@ -129,7 +131,6 @@ def test_the_paper_sweep_packs_seeds_per_job():
     (["seeds=[0,1]", "seeds_per_job=2"], "both name a group"),
     (["seeds_per_job=0"], "seeds_per_job must be >= 1"),
     (["seeds=[0,1]", "online_steps=5"], "offline-to-online"),
-    (["seeds=[0,1]", "agent=flow_bc"], "flow-BC"),
     (["seeds=[0,1]", "eval_async=true"], "eval_async"),
     (["seeds=[0,1]", "agent.bf16_solves=true"], "bf16_solves"),
 ])

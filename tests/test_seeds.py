@@ -259,3 +259,18 @@ def test_each_seeds_optimiser_state_in_a_lone_runs_layout_round_trips():
         entry["step"] = entry["step"] - 1
     with pytest.raises(ValueError, match="different steps"):
         other.load_optimizer_state_dicts([group.optimizer_state_dict(0), behind])
+
+
+@pytest.mark.parametrize("agent", ["flow_bc", "fql"])
+def test_flow_loss_with_flow_only_noise_is_bit_identical_to_one_that_draws_itself(agent):
+    """The flow-BC update (flow_loss alone) reads draw_noise(flow_only=True) under "_noise": a SeedGroup with
+    flow_only=True draws exactly what a lone flow-BC step draws."""
+    torch.manual_seed(0)
+    loss = MAKERS[agent]()
+    batch = DATA[:B]
+    torch.manual_seed(7)
+    drew_itself = loss.flow_loss(batch.clone())[0]
+    torch.manual_seed(7)
+    noise = loss.draw_noise(B, flow_only=True)
+    assert sorted(noise.keys()) == ["t", "x0"]
+    assert torch.equal(loss.flow_loss(batch.clone().set(NOISE_KEY, noise))[0], drew_itself)

@@ -23,8 +23,8 @@ state, its own RNG stream), so a lone run resumes from a group's seed directory 
 runs' directories (the seeds at one step; a group killed between two seeds' checkpoints resumes all of them
 from the latest step every seed has).
 
-Not supported (one line each): ``online_steps > 0``, pixel suites, ``eval_async``, the flow-BC baseline
-(its update trains the flow alone), ``init_from``, ``agent.bf16_solves=true`` and a sampler backend other than
+DeFlow, FQL and the flow-BC baseline (its update trains the flow alone, as a lone flow-BC run's does). Not
+supported (one line each): ``online_steps > 0``, pixel suites, ``eval_async``, ``init_from``, ``agent.bf16_solves=true`` and a sampler backend other than
 eager. The memory the seeds need is estimated before training and refused when over what is available.
 
 When to use it (``benchmarks/seed_throughput.py``, ``docs/results.md``): on a GPU, always (one small MLP
@@ -48,7 +48,7 @@ from deflow_trl.app.checkpoint import load_checkpoint_at
 from deflow_trl.app.evaluator import is_pixels, make_eval_env
 from deflow_trl.app.runlock import run_dir_lock
 from deflow_trl.app.signals import GracefulStop
-from deflow_trl.app.training_run import TrainingRun, TrainingStopped
+from deflow_trl.app.training_run import TrainingRun, TrainingStopped, flow_bc_metrics
 from deflow_trl.envs.ogbench import make_batched_env
 from deflow_trl.errors import ConfigError
 from deflow_trl.hardware import available_memory_bytes, resolve_bf16_solves
@@ -105,8 +105,6 @@ def check_group(cfg: DictConfig, seeds: list[int], device: torch.device) -> None
                                "process yet: run the seeds one per process"),
         (is_pixels(cfg), "pixel suites are not supported with several seeds in one process yet"),
         (cfg.get("eval_async", False), "eval_async=true is not supported with several seeds in one process"),
-        (trains_flow_only(cfg.agent), "the flow-BC baseline is not supported with several seeds in one process yet "
-                                      "(its update trains the flow alone)"),
         (cfg.get("init_from") is not None, "init_from is not supported with several seeds in one process"),
         (cfg.agent.get("bf16_solves") is True,
          "agent.bf16_solves=true is not supported with several seeds in one process (use false or auto)"),
@@ -163,6 +161,7 @@ class SeedGroupRun:
         self.seeds = [m.cfg.seed for m in members]
         self.batched_env = None
         self.group: SeedGroup | None = None
+        self.flow_only = False
 
     def execute(self) -> dict[int, dict]:
         try:
@@ -229,7 +228,9 @@ class SeedGroupRun:
             # on a copy: a forward/backward leaves hook flags on modules, which SeedGroup's same-settings check reads
             check_memory(copy.deepcopy(self.members[0].loss), self.members[0].data[: self.cfg.batch_size], self.seeds,
                          device)
-        self.group = SeedGroup([m.loss for m in self.members], self.seeds, rng_states=states, tau=self.cfg.agent.tau,
+        self.flow_only = trains_flow_only(self.cfg.agent)  # flow BC: the flow's loss alone, no target update
+        self.group = SeedGroup([m.loss for m in self.members], self.seeds, rng_states=states,
+                               tau=None if self.flow_only else self.cfg.agent.tau, flow_only=self.flow_only,
                                optimizer=lambda params: torch.optim.Adam(params, lr=self.cfg.agent.lr))
         if any(m.state is not None for m in self.members):
             self.group.load_optimizer_state_dicts(lone_optimizers)
@@ -270,11 +271,12 @@ class SeedGroupRun:
                     m.step += 1
                     t0 = time.perf_counter()
                     with self.group.rng.use(i):  # its checkpoint records its own stream
-                        m.after_update(out[i])
+                        m.after_update(flow_bc_metrics(out["loss_flow"][i]) if self.flow_only else out[i])
                     for other in self.members:  # one seed's evaluation / checkpoint pauses every seed's training
                         if other is not m:
                             other.paused_s += time.perf_counter() - t0
-                postfix = {f"q{s}": f"{out['loss_qvalue'][i].item():.3g}" for i, s in enumerate(self.seeds[:4])}
+                key = "loss_flow" if self.flow_only else "loss_qvalue"
+                postfix = {f"{key[5]}{s}": f"{out[key][i].item():.3g}" for i, s in enumerate(self.seeds[:4])}
                 self.bar.set_postfix(postfix, refresh=False)
             self.bar.close()
             for m in self.members:

@@ -496,5 +496,10 @@ class FlowBCUpdate:
         flow, _ = self.loss.flow_loss(batch)
         flow.backward()
         self.optimizer.step()
-        return TensorDict({"loss_flow": flow.detach(), "loss_qvalue": torch.tensor(math.nan),
-                           "divergence": torch.tensor(math.nan), "alpha": torch.tensor(math.nan)}, [])
+        return flow_bc_metrics(flow.detach())
+
+
+def flow_bc_metrics(loss_flow: torch.Tensor) -> TensorDict:
+    """What a flow-BC update logs: its flow loss, and NaN for the terms it does not train."""
+    nan = torch.tensor(math.nan)
+    return TensorDict({"loss_flow": loss_flow, "loss_qvalue": nan, "divergence": nan, "alpha": nan}, [])
