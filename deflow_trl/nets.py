@@ -26,7 +26,7 @@ LAYER_NORM_EPS = 1e-6
 #: GELU(tanh) as ``x·σ(2u)``, ``u = √(2/π)(x + 0.044715x³)``: the same function (``½(1 + tanh u) = σ(2u)``).
 _GELU_A = 2.0 * math.sqrt(2.0 / math.pi)
 _GELU_B = _GELU_A * 0.044715
-#: Compiled CPU code uses the ``x·σ(2u)`` form when true; ``benchmarks/ab_gelu.py`` flips it to time both in one run
+#: Compiled CPU code uses the ``x·σ(2u)`` form when true; ``benchmarks/ab_compiled_cpu.py --switch gelu`` flips it to time both in one run
 #: (dynamo guards on it, so each value gets its own graph).
 FAST_COMPILED_GELU = True
 

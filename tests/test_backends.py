@@ -234,7 +234,8 @@ def test_actor_and_make_deflow_take_backend():
 
 @pytest.mark.slow
 def test_compile_matches_eager_and_reads_live_weights():
-    """One compiled unit (K=3, hidden 32; on CPU with its C++ wrapper): equality, live weights, new batch sizes."""
+    """One compiled unit (K=3, hidden 32; on CPU with its C++ wrapper): equality, live weights, new batch sizes
+    (on CPU both layer forms: the small-batch multiply-and-sum and the GEMM above CPU_GEMV_MAX_BATCH)."""
     v, r = nets(device=DEVICE)
     obs, noise = inputs(6, device=DEVICE)
     eager, comp = FlowSampler(v, r, 3), FlowSampler(v, r, 3, backend="compile")
@@ -246,6 +247,9 @@ def test_compile_matches_eager_and_reads_live_weights():
     obs9, noise9 = inputs(9, seed=3, device=DEVICE)
     assert rel_err(comp(obs9, noise9), eager(obs9, noise9)) <= FP32_RTOL
     assert rel_err(comp(obs9[:1], noise9[:1]), eager(obs9[:1], noise9[:1])) <= FP32_RTOL  # batch 1: its own graph
+    # batches up to backends.CPU_GEMV_MAX_BATCH run each layer as a multiply-and-sum on CPU, larger ones call the GEMM
+    big_obs, big_noise = inputs(backends.CPU_GEMV_MAX_BATCH + 3, seed=4, device=DEVICE)
+    assert rel_err(comp(big_obs, big_noise), eager(big_obs, big_noise)) <= FP32_RTOL
 
 
 def test_bf16_solves_auto_follows_the_hardware(fake_cpu):
