@@ -14,13 +14,16 @@ update         the compiled update, with and without CUDA graphs, against eager:
                same init, batches and RNG; every loss/metric and every parameter
                after 6 steps (2×128 MLPs, K = 4, batch 256: small graphs compile
                fast; the reference sizes are timed by update_bench)
-sampler        ``benchmarks/sampler_throughput.py --device cuda``: every backend at  130
+sampler        ``benchmarks/sampler_throughput.py --device cuda``: every backend at  110
                batch 1, 256, 4096 (batch 1 = the latency of the whole 10-step
                sample + refinement), GEMM rates of the card
-update_bench   ``benchmarks/update_throughput.py --device cuda --config reference``  100
+update_bench   ``benchmarks/update_throughput.py --device cuda --config reference``  85
                ``--quick``: eager / compiled + CUDA graphs, each also with bf16
                solves (4 modes; without ``--quick`` also compiled without graphs)
-train          regenerate a small cube-single dataset (20 episodes), 1,500 steps      120
+seeds          ``benchmarks/seed_throughput.py --device cuda --seeds 1 2 4 8``         50
+               ``--config reference``: seed-updates/s of a SeedGroup of G seeds vs
+               G lone eager updaters one after another (issue 24)
+train          regenerate a small cube-single dataset (20 episodes), 1,500 steps      105
                of ``python -m deflow_trl.train device=cuda compile_update=true
                agent.backend=auto``, then the same command with 2,000 steps: it
                must resume at 1,500; every logged loss finite
@@ -73,9 +76,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_CUDA = 0, 1, 2, 3
-STAGES = ("tests", "update", "sampler", "update_bench", "train")
-LIMITS_S = {"tests": 70, "update": 60, "sampler": 130, "update_bench": 100, "train": 120}
-DRY_LIMITS_S = {"tests": 240, "update": 240, "sampler": 240, "update_bench": 240, "train": 300}
+STAGES = ("tests", "update", "sampler", "update_bench", "seeds", "train")
+LIMITS_S = {"tests": 70, "update": 60, "sampler": 110, "update_bench": 85, "seeds": 50, "train": 105}
+DRY_LIMITS_S = {"tests": 240, "update": 240, "sampler": 240, "update_bench": 240, "seeds": 240, "train": 300}
 # The issue's targets (issue 14).
 TARGET_BATCH1_US = 50.0  # batch-1 latency of the 10-step sample with the fused kernels
 TARGET_GEMM_FRACTION = 0.5  # batch 4096 vs the card's bf16 GEMM rate
@@ -471,6 +474,18 @@ def main(argv: list[str] | None = None) -> int:
                 ok = code == 0 and result is not None
                 st.update(returncode=code, detail=(", ".join(f"{r['mode']} {r['ms_per_update']:.3g} ms"
                                                              for r in result["rows"]) if ok else tail(out, 3)))
+            elif stage == "seeds":
+                path = work / "seeds.json"
+                cmd = [py, "benchmarks/seed_throughput.py", "--device", str(device), "--json", str(path)]
+                cmd += (["--config", "tiny", "--seeds", "1", "2", "--steps", "1", "--repeats", "1", "--warmup", "1",
+                         "--no-processes"] if args.dry_run else ["--config", "reference", "--seeds", "1", "2", "4", "8"])
+                code, out, _ = run_cmd(cmd, env, limit, log)
+                result = read_json(path) if code == 0 else None
+                report["seeds"] = result
+                ok = code == 0 and result is not None
+                st.update(returncode=code, detail=(", ".join(
+                    f"G={r['seeds']} {r['group_seed_updates_per_s']:.3g} vs {r['lone_seed_updates_per_s']:.3g}/s"
+                    for r in result["rows"]) if ok else tail(out, 3)))
             else:  # train
                 result = train_stage(py, env, work / "train", args.dry_run, limit, log)
                 report["train"] = result

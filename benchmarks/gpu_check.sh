@@ -52,6 +52,6 @@ python3 benchmarks/gpu_check.py --log "$log" --work-dir /tmp/gpu_check_work "$@"
 rc=$?
 if [ -n "${OUT:-}" ]; then
   cp docs/gpu_check_*.json "$OUT"/ 2>/dev/null
-  cp /tmp/gpu_check_work/*.json "$OUT"/ 2>/dev/null   # the stage JSONs (sampler, update_bench, update_check)
+  cp /tmp/gpu_check_work/*.json "$OUT"/ 2>/dev/null   # the stage JSONs (sampler, update_bench, seeds, update_check)
 fi
 exit $rc

@@ -42,6 +42,12 @@ from deflow_trl.update import Updater
 
 OBS_DIM, ACT_DIM, BATCH, NUM_STEPS, DATASET = 28, 5, 256, 10, 4096
 CONFIGS = {"quick": (256, 256), "reference": (512, 512, 512, 512), "tiny": (16, 16)}
+DEVICE = torch.device("cpu")  # --device
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
 
 
 def dataset(n: int = DATASET) -> TensorDict:
@@ -50,7 +56,7 @@ def dataset(n: int = DATASET) -> TensorDict:
         "observation": torch.randn(n, OBS_DIM, generator=g), "action": torch.rand(n, ACT_DIM, generator=g) * 2 - 1,
         "next": {"observation": torch.randn(n, OBS_DIM, generator=g), "reward": -torch.rand(n, 1, generator=g),
                  "done": torch.zeros(n, 1, dtype=torch.bool), "terminated": torch.zeros(n, 1, dtype=torch.bool)},
-    }, batch_size=[n])
+    }, batch_size=[n]).to(DEVICE)
 
 
 def _sampler(data):
@@ -60,7 +66,7 @@ def _sampler(data):
 
 
 def _make(hidden):
-    return lambda: make_deflow(OBS_DIM, ACT_DIM, hidden_sizes=hidden, num_flow_steps=NUM_STEPS)[1]
+    return lambda: make_deflow(OBS_DIM, ACT_DIM, hidden_sizes=hidden, num_flow_steps=NUM_STEPS, device=DEVICE)[1]
 
 
 def build_group(seeds: Sequence[int], hidden, data):
@@ -109,9 +115,11 @@ def time_processes(g: int, hidden, steps: int, warmup: int, processes: int, thre
 
 
 def timed(fn, steps: int) -> float:
+    sync()
     start = time.perf_counter()
     for _ in range(steps):
         fn()
+    sync()
     return (time.perf_counter() - start) / steps
 
 
@@ -162,8 +170,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--no-processes", action="store_true", help="skip the one-process-per-CPU lone runs")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:i] (on CUDA: no per-process lone runs)")
     parser.add_argument("--json", type=str, default=None, help="write the results here")
     args = parser.parse_args(argv)
+    global DEVICE
+    DEVICE = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     load = os.getloadavg()
@@ -172,7 +183,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     rows = []
     for config in args.config:
         steps = args.steps or (2 if config == "reference" else 5)
-        rows += measure(config, args.seeds, steps, args.warmup, args.repeats, not args.no_processes)
+        rows += measure(config, args.seeds, steps, args.warmup, args.repeats,
+                        not args.no_processes and DEVICE.type == "cpu")
     print()
     print("| network | seeds G | group: seed-updates/s | lone, one after another | lone, processes × 1 thread "
           "| group / best lone |")
@@ -182,7 +194,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(f"| {r['config']} {'×'.join(map(str, CONFIGS[r['config']]))} | {r['seeds']} | "
               f"{r['group_seed_updates_per_s']:.1f} | {r['lone_seed_updates_per_s']:.1f} | {procs} | "
               f"{r['group_vs_best_lone']:.2f}× |")
-    result = {"machine": {"cpu": cpu_description(), "usable_cpus": usable_cpus(), "threads": torch.get_num_threads(),
+    gpu = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else None
+    result = {"machine": {"cpu": cpu_description(), "gpu": gpu, "usable_cpus": usable_cpus(),
+                          "threads": torch.get_num_threads(),
                           "load_before_after": [load[0], os.getloadavg()[0]], "torch": torch.__version__},
               "config": {"batch": BATCH, "flow_steps": NUM_STEPS, "chunks": args.repeats}, "rows": rows}
     if args.json:

@@ -88,13 +88,13 @@ def test_train_metrics_reader(tmp_path):
 
 @pytest.mark.slow
 def test_dry_run_stages_on_cpu(tmp_path):
-    """The plumbing of the stages at tiny sizes, as subprocesses. Only the two benchmark stages run
+    """The plumbing of the stages at tiny sizes, as subprocesses. Only the three benchmark stages run
     here (≈ 15 s on 2 cores): ``tests``, ``update`` and ``train`` run what CI runs anyway
     (tests/test_backends.py, tests/test_update.py's compiled-vs-eager, the app's resume tests) through the
     same ``run_cmd``; their parsing (pytest summary, train metrics) has fast tests above. The whole dry
     run: ``python benchmarks/gpu_check.py --dry-run``."""
     out = tmp_path / "gpu_check.json"
-    stages = ["sampler", "update_bench"]
+    stages = ["sampler", "update_bench", "seeds"]
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--dry-run",
                            "--stages", ",".join(stages), "--work-dir", str(tmp_path / "work"), "--json", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
@@ -107,3 +107,4 @@ def test_dry_run_stages_on_cpu(tmp_path):
         (b, n) for b in ("eager", "eager-bf16") for n in (1, 4)}
     assert "native bf16" in report["sampler"]["cpu"] and "native bf16" in report["update_bench"]["machine"]["cpu"]
     assert "| stage | status |" in proc.stdout and "targets (issue 14)" in proc.stdout
+    assert [r["seeds"] for r in report["seeds"]["rows"]] == [1, 2]  # the seed-group timing (issue 24)

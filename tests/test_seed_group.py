@@ -157,3 +157,34 @@ def test_seeds_with_an_explicit_seed_is_one_line(tiny_ogbench_dir, tmp_path):
     assert out.returncode == 2, out.stderr[-2000:]
     assert "error: seeds=[...] trains the seeds it lists; drop seed=1" in out.stderr
     assert "Traceback" not in out.stderr and not (tmp_path / "seed1").exists()
+
+
+def test_a_stop_signal_checkpoints_every_seed_and_the_group_resumes_exactly(tiny_ogbench_dir, tmp_path, monkeypatch):
+    """SIGTERM at the group's 3rd update (sent from inside: deterministic): the update finishes, every seed saves
+    step 3, TrainingStopped names it; launched again, the group ends bit-identical to an uninterrupted one."""
+    import signal
+
+    from deflow_trl.app.train import TrainingStopped
+    from deflow_trl.seeds import SeedGroup
+
+    common = ["save_interval=1000", "eval_interval=1000", "log_interval=1", "seeds=[0,1]"]
+    run(config(tiny_ogbench_dir, "offline_steps=6", *common), str(tmp_path / "straight" / "seed0"))
+    real, calls = SeedGroup.update, []
+
+    def update(self, sample):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, sample)
+
+    monkeypatch.setattr(SeedGroup, "update", update)
+    with pytest.raises(TrainingStopped) as stopped:
+        run(config(tiny_ogbench_dir, "offline_steps=6", *common), str(tmp_path / "stopped" / "seed0"))
+    assert stopped.value.step == 3 and stopped.value.signal_name == "SIGTERM"
+    for seed in (0, 1):
+        state, _ = load_latest_checkpoint(str(tmp_path / "stopped" / f"seed{seed}" / "checkpoints"))
+        assert state["step"] == 3 and state["config"]["seed"] == seed
+    monkeypatch.setattr(SeedGroup, "update", real)
+    run(config(tiny_ogbench_dir, "offline_steps=6", *common), str(tmp_path / "stopped" / "seed0"))
+    for seed in (0, 1):
+        assert_same_run(tmp_path / "straight" / f"seed{seed}", tmp_path / "stopped" / f"seed{seed}", exact=True)
