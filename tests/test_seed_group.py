@@ -188,3 +188,25 @@ def test_a_stop_signal_checkpoints_every_seed_and_the_group_resumes_exactly(tiny
     run(config(tiny_ogbench_dir, "offline_steps=6", *common), str(tmp_path / "stopped" / "seed0"))
     for seed in (0, 1):
         assert_same_run(tmp_path / "straight" / f"seed{seed}", tmp_path / "stopped" / f"seed{seed}", exact=True)
+
+
+def test_a_paper_sweep_with_seeds_per_job_writes_lone_run_directories_that_summarize_reads(tiny_ogbench_dir, tmp_path,
+                                                                                          capsys):
+    """One job of the paper experiment packing seeds 0 and 1 (seed=0 seeds_per_job=2 on the command line replaces the
+    sweep's seeds), on Hydra's basic launcher; summarize reads its two seed directories as two lone runs."""
+    from deflow_trl.app import summarize
+
+    sweep = tmp_path / "sweep"
+    out = subprocess.run([sys.executable, "-m", "deflow_trl.train", "-m", "+experiment=paper", "env=cube_single",
+                          "task=1", "seed=0", "seeds_per_job=2", *TINY, f"data.dataset_dir={tiny_ogbench_dir}",
+                          "offline_steps=4", "eval_interval=2", f"hydra.sweep.dir={sweep}"],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Launching 1 jobs" in out.stdout + out.stderr
+    summarize.main([str(sweep), "--json", str(tmp_path / "summary.json")])
+    import json
+
+    runs = json.load(open(tmp_path / "summary.json"))["runs"]
+    assert [(r["status"], r["task"], r["seed"], r["last_eval_step"]) for r in runs] == [
+        ("complete", 1, 0, 4), ("complete", 1, 1, 4)]
+    assert [r["run_dir"] for r in runs] == [f"cube-single-play/deflow/task1/seed{s}" for s in (0, 1)]
