@@ -39,12 +39,16 @@ Preconditions and what to do when they fail:
 * The loss's input checks (``check_inputs``) are skipped inside compiled code;
   the first batch is therefore run through the loss's checks eagerly
   (``validate`` below) before the first compiled call.
-* RNG: ``torch.compile`` replaces ``torch.randn``/``torch.rand`` by inductor's
-  own generator (seeded from torch's, so runs stay reproducible for a given
-  ``torch.manual_seed``) — a compiled step therefore draws *different* noise
-  than an eager step from the same seed. To reproduce eager's stream exactly
-  (the equivalence test does), pass
-  ``compile_options={"options": {"fallback_random": True}}``.
+* RNG: inside a compiled graph ``torch.randn``/``torch.rand`` come from
+  inductor's own generator, not torch's. A compiled step therefore draws the
+  loss's noise *eagerly*, before the graph, with the loss's
+  :meth:`~deflow_trl.loss.FlowCriticLoss.draw_noise` (the forward's random
+  tensors in its order) and hands it in under the reserved key ``"_noise"``:
+  compiled and eager steps from one ``torch.manual_seed`` consume the same random
+  numbers (tested), and a seed of a :class:`~deflow_trl.seeds.SeedGroup`
+  reproduces a compiled lone run. A loss without ``draw_noise`` still draws in
+  the graph (``compile_options={"options": {"fallback_random": True}}`` makes
+  that eager's stream too).
 * Graph breaks / recompiles: debug with ``TORCH_LOGS=graph_breaks,recompiles``.
   The expected breaks are ``Tensor.backward()`` and the two inside
   ``Optimizer.step`` (PyTorch's own); anything else is a regression.
@@ -88,6 +92,7 @@ from torchrl.objectives.utils import TargetNetUpdater
 
 from deflow_trl.backends import CPU_INDUCTOR_OPTIONS
 from deflow_trl.compile_compat import unguard_tensorclass_memo
+from deflow_trl.loss import NOISE_KEY
 
 
 def _total_loss(out: TensorDictBase) -> torch.Tensor:
@@ -177,6 +182,7 @@ class Updater:
             self._tau, self._targets, self._sources = None, [], []
         self._compiled = None
         self._validated = False
+        self.eager_noise = True  # compiled steps draw the loss's noise eagerly (module docstring, "RNG")
 
     # -- the eager reference ------------------------------------------------
     def eager_step(self, batch: TensorDictBase) -> TensorDictBase:
@@ -247,10 +253,28 @@ class Updater:
             self._build()
         if not self.cudagraphs:
             self.optimizer.zero_grad(set_to_none=True)
-        out = self._compiled(batch)
+        noise = self._eager_noise(batch)
+        if noise is None:
+            out = self._compiled(batch)
+        else:  # the loss reads it instead of drawing inside the graph; taken out again (the batch is the caller's)
+            batch.set(NOISE_KEY, noise)
+            try:
+                out = self._compiled(batch)
+            finally:
+                batch.del_(NOISE_KEY)
         if self._tau is None and self.target_updater is not None:
             self.target_updater.step()
         return out
+
+    def _eager_noise(self, batch: TensorDictBase) -> TensorDictBase | None:
+        """The loss's random tensors for this step, drawn eagerly from torch's generator in the order its forward
+        would draw them (``draw_noise``), so a compiled step consumes the eager step's random numbers; None for a
+        loss without ``draw_noise``, a batch that brings its own, or ``eager_noise=False``."""
+        draw = getattr(self.loss, "draw_noise", None)
+        if not self.eager_noise or draw is None or NOISE_KEY in batch.keys():
+            return None
+        action = batch.get(self.loss.tensor_keys.action)
+        return draw(batch.batch_size, action.shape[-1], action.device, action.dtype)
 
 
 def make_update(

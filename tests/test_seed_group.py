@@ -1,6 +1,6 @@
 """Several seeds in one process through the app (``seeds=[...]``, ``seeds_per_job``; deflow_trl/app/seed_group.py).
 
-Seed s of a group must be the lone run ``seed=s`` (``compile_update=false``, its recorded config): same per-step
+Seed s of a group must be the lone run ``seed=s`` (eager or compiled: both draw the same noise): same per-step
 losses and final weights to float32 re-association (vmap sums [G, B] matmuls in another order). Measured here on a
 2-core CPU (hidden (32, 32), K = 2, batch 16, 12 updates): losses within 1e-5 relative, weights within 1e-6 of
 each tensor's largest entry; the bounds below leave a margin. A group resumed from its seeds' checkpoints continues
@@ -62,8 +62,10 @@ def assert_same_run(a, b, *, exact=False):
             assert ((got - want).abs().max() / want.abs().max().clamp_min(1e-6)).item() < WEIGHT_TOL, key
 
 
-@pytest.mark.parametrize("agent", ["deflow", "fql", "flow_bc"])
-def test_each_seed_of_a_group_is_its_lone_run(tiny_ogbench_dir, tmp_path, agent):
+@pytest.mark.parametrize("agent,lone_compiled", [("deflow", False), ("fql", False), ("flow_bc", False),
+                                                 ("deflow", True)])
+def test_each_seed_of_a_group_is_its_lone_run(tiny_ogbench_dir, tmp_path, agent, lone_compiled):
+    """...also against a compiled lone run: its update draws the same noise (eagerly) as the group's."""
     common = ["offline_steps=12", "log_interval=1", "eval_interval=6", "save_interval=6"]
     results = run(config(tiny_ogbench_dir, *common, "seeds=[0,1]", agent=agent), str(tmp_path / "group" / "seed0"))
     assert sorted(results) == [0, 1] and all(r["step"] == 12 for r in results.values())
@@ -75,7 +77,8 @@ def test_each_seed_of_a_group_is_its_lone_run(tiny_ogbench_dir, tmp_path, agent)
         steps, _ = read_scalar(str(group_dir), "eval/success_rate")
         assert steps.tolist() == [6, 12]
         lone_dir = tmp_path / "lone" / f"seed{seed}"
-        run(config(tiny_ogbench_dir, *common, f"seed={seed}", agent=agent), str(lone_dir))
+        run(config(tiny_ogbench_dir, *common, f"seed={seed}", f"compile_update={str(lone_compiled).lower()}",
+                   agent=agent), str(lone_dir))
         assert_same_run(lone_dir, group_dir)
     a, b = final_state(tmp_path / "group" / "seed0"), final_state(tmp_path / "group" / "seed1")
     assert not torch.equal(a["rng"]["torch_cpu"], b["rng"]["torch_cpu"])  # each seed checkpoints its own RNG stream

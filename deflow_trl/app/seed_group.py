@@ -14,9 +14,9 @@ Where the runs live: the launch's run directory (``hydra.run.dir``, a sweep job'
 seed's when its last component is ``seed<seed>`` (the app's default pattern), and seed ``s`` gets the sibling
 ``seed<s>``; otherwise every seed gets ``<run dir>/seed<s>``.
 
-What a seed of a group reproduces: the lone run with the same seed and ``compile_update=false``, to float32
-re-association (vmap's matmuls sum in another order; ``tests/test_seed_group.py`` states the tolerances). The
-group's update is eager (a compiled group step was measured slower: ``docs/design.md`` §6), its solves fp32
+What a seed of a group reproduces: the lone run with the same seed, to float32 round-off (vmap's matmuls sum
+in another order, a compiled lone update fuses others; both draw the same noise: ``deflow_trl/update.py``, "RNG";
+``tests/test_seed_group.py`` states the tolerances). The group's update is eager (a compiled group step was measured slower: ``docs/design.md`` §6), its solves fp32
 (``agent.bf16_solves=auto`` becomes false) and its sampler eager (``agent.backend=auto`` becomes eager); each
 seed's record says so. A seed's checkpoints are a lone run's (weights, that seed's slice of the optimiser
 state, its own RNG stream), so a lone run resumes from a group's seed directory and a group from lone
