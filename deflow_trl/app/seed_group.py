@@ -51,7 +51,7 @@ from deflow_trl.app.signals import GracefulStop
 from deflow_trl.app.training_run import TrainingRun, TrainingStopped, flow_bc_metrics
 from deflow_trl.envs.ogbench import make_batched_env
 from deflow_trl.errors import ConfigError
-from deflow_trl.hardware import available_memory_bytes, resolve_bf16_solves
+from deflow_trl.hardware import available_memory_bytes
 from deflow_trl.paths import check_writable
 from deflow_trl.seeds import RngStreams, SeedGroup, estimate_bytes_per_seed
 
@@ -98,7 +98,7 @@ def member_config(cfg: DictConfig, seed: int) -> DictConfig:
     return OmegaConf.create(member)
 
 
-def check_group(cfg: DictConfig, seeds: list[int], device: torch.device) -> None:
+def check_group(cfg: DictConfig, seeds: list[int]) -> None:
     """What a group cannot do yet, one line each, before anything is built."""
     refusals = [
         (cfg.online_steps > 0, "online_steps > 0 (offline-to-online) is not supported with several seeds in one "
@@ -115,7 +115,6 @@ def check_group(cfg: DictConfig, seeds: list[int], device: torch.device) -> None
     for refused, line in refusals:
         if refused:
             raise ConfigError(f"seeds={seeds}: {line}")
-    resolve_bf16_solves(cfg.agent.get("bf16_solves", False), device)  # a bad value is the usual one line
 
 
 def check_memory(loss, batch, seeds: list[int], device: torch.device) -> None:
@@ -135,7 +134,7 @@ def check_memory(loss, batch, seeds: list[int], device: torch.device) -> None:
 # ----------------------------------------------------------------------------- the run
 def run_group(cfg: DictConfig, seeds: list[int], run_dir: str, device: torch.device, eval_env) -> dict[int, dict]:
     """Locks every seed's directory, then trains the group; returns ``{seed: last evaluation}``."""
-    check_group(cfg, seeds, device)
+    check_group(cfg, seeds)
     dirs = {s: seed_run_dir(run_dir, cfg.seed, s) for s in seeds}
     made = [d for d in dirs.values() if not os.path.exists(d)]
     try:
