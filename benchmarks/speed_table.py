@@ -5,14 +5,14 @@ Rows (fp32, obs 28, action 5, K = 10, batch 256 unless said):
 * the yardstick: ``torch.matmul`` 256×512×512 (fp32; bf16 where native);
 * sampler, batch 1 (one action's latency) and batch 256 (actions/s), the ``compile`` backend (what ``auto``
   picks on a CPU with a compiler) and ``eager``, 4×512 networks;
-* update at the reference size (4×512) eager, and at the quick size (2×256) eager and compiled;
+* update at the reference size (4×512) and at the quick size (2×256), eager and compiled (the app's default);
 * the quick update beside one CPU-bound neighbour process (``benchmarks/neighbour.py``: torch's default
   spinning, the apps' ``GOMP_SPINCOUNT=1000``, one thread).
 
 Each figure gets its GFLOP/s and its fraction of the fp32 GEMM rate. The machine line (CPU model and flags,
 usable CPUs, threads, torch, load average before/after) is printed and stored; the JSON holds no paths.
 
-    python benchmarks/speed_table.py --json speed_table.json      # ≈ 4-5 min on 2 cores (two cold compiles)
+    python benchmarks/speed_table.py --json speed_table.json      # ≈ 6 min on 2 cores (three cold compiles)
     python benchmarks/speed_table.py --no-neighbour               # without the neighbour rows (≈ 1 min less)
 
 Run it on a quiet machine: the neighbour rows bring their own load.
@@ -79,7 +79,7 @@ def sampler_rows(backend: str) -> list[dict]:
 def update_rows() -> list[dict]:
     batch = make_batch()
     rows = []
-    for config, modes in (("reference", ("eager",)), ("quick", ("eager", "compiled"))):
+    for config, modes in (("reference", ("eager", "compiled")), ("quick", ("eager", "compiled"))):
         hidden = CONFIGS[config]
         updaters = {m: make_updater(hidden, compile=(m == "compiled")) for m in modes}
         timed = time_modes(updaters, batch, steps=3 if config == "reference" else 10, repeats=5)
