@@ -118,6 +118,9 @@ def test_seeds_per_job_trains_the_seeds_from_seed_in_sibling_directories(tiny_og
     assert OmegaConf.load(tmp_path / "seed4" / ".hydra" / "config.yaml").seed == 4
     run(config(tiny_ogbench_dir, "offline_steps=2", "eval_interval=2", "seeds=[5]"), str(tmp_path / "custom"))
     assert os.listdir(tmp_path / "custom") == ["seed5"]  # a run dir not named seed<seed>: one folder per seed in it
+    os.makedirs(tmp_path / "default" / "seed0")  # as Hydra makes it for the default seed=0
+    run(config(tiny_ogbench_dir, "offline_steps=2", "eval_interval=2", "seeds=[7]"), str(tmp_path / "default" / "seed0"))
+    assert os.listdir(tmp_path / "default") == ["seed7"]  # no empty seed0/ left behind
 
 
 def test_the_paper_sweep_packs_seeds_per_job():

@@ -149,6 +149,11 @@ def run_group(cfg: DictConfig, seeds: list[int], run_dir: str, device: torch.dev
             with contextlib.suppress(OSError):
                 os.rmdir(d)
         raise
+    finally:
+        # Hydra made the launch's directory; when no seed runs in it (seeds=[3,4] from the default seed0), drop it
+        if os.path.normpath(run_dir) not in dirs.values():
+            with contextlib.suppress(OSError):
+                os.rmdir(run_dir)  # only if empty
 
 
 class SeedGroupRun:
@@ -262,7 +267,7 @@ class SeedGroupRun:
         buffer, device = self.members[0].buffer, self.members[0].device
         with GracefulStop() as stop:
             for m in self.members:
-                m.stop, m.bar = stop, _NoBar()
+                m.stop = stop  # (each member's own bar is a disabled tqdm: the group shows one)
             while self.members[0].step < self.cfg.offline_steps and not stop.requested:
                 out = self.group.update(lambda: buffer.sample().to(device))
                 self.bar.update(1)
@@ -298,16 +303,3 @@ class _SeedOptimizer:
 
     def state_dict(self) -> dict:
         return self.group.optimizer_state_dict(self.i)
-
-
-class _NoBar:
-    """A member's progress bar: the group shows one for all."""
-
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def set_postfix(self, *args, **kwargs) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
