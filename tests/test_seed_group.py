@@ -111,9 +111,12 @@ def test_lone_runs_continue_a_group_and_a_group_continues_lone_runs(tiny_ogbench
         assert_same_run(tmp_path / "group" / f"seed{seed}", tmp_path / "lone" / f"seed{seed}")
 
 
-def test_seeds_per_job_trains_the_seeds_from_seed_in_sibling_directories(tiny_ogbench_dir, tmp_path):
+def test_seeds_per_job_trains_the_seeds_from_seed_in_sibling_directories(tiny_ogbench_dir, tmp_path, capsys):
     run(config(tiny_ogbench_dir, "offline_steps=2", "eval_interval=2", "seed=3", "seeds_per_job=2"),
         str(tmp_path / "seed3"))
+    printed = capsys.readouterr().out  # each line says which seed it is about
+    assert "step 2 (seed 3): success rate" in printed and "step 2 (seed 4): success rate" in printed
+    assert "-task2-v0 (seed 4): success rate" in printed
     assert sorted(os.listdir(tmp_path)) == ["seed3", "seed4"]
     assert OmegaConf.load(tmp_path / "seed4" / ".hydra" / "config.yaml").seed == 4
     run(config(tiny_ogbench_dir, "offline_steps=2", "eval_interval=2", "seeds=[5]"), str(tmp_path / "custom"))

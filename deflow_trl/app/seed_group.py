@@ -255,7 +255,7 @@ class SeedGroupRun:
             self.batched_env = make_batched_env(functools.partial(make_eval_env, cfg, self.seeds[0]), cfg.eval_envs,
                                                 parallel=cfg.get("eval_parallel", False))
         for i, m in enumerate(self.members):
-            m.progress, m.batched_eval_env = False, self.batched_env
+            m.progress, m.batched_eval_env, m.label = False, self.batched_env, f" (seed {m.cfg.seed})"
             with self.group.rng.use(i):  # a lost evaluation re-run at start draws nothing, but stay on the stream
                 m.start()
         step = self.members[0].step

@@ -180,6 +180,7 @@ class TrainingRun:
         self.adaptive = AdaptiveThreads(usable=torch.get_num_threads()) if adaptive else None
         self.progress = cfg.progress  # its own bar (a seed group shows one bar for all its runs)
         self.batched_eval_env = None  # a batched evaluation env lent by the caller (a seed group shares one)
+        self.label = ""  # after the step / dataset in printed lines (a seed group's runs: " (seed s)")
 
     def execute(self) -> dict:
         """Every stage in order; returns the last evaluation."""
@@ -432,7 +433,7 @@ class TrainingRun:
         for at, result in results:
             self.metrics.log({**{f"eval/{k}": result[k] for k in ("success_rate", "return_mean", "length_mean")},
                               "time/eval_seconds": result["seconds"]}, at)
-            tqdm.write(f"step {at}: success rate {100 * result['success_rate']:.1f}% over "
+            tqdm.write(f"step {at}{self.label}: success rate {100 * result['success_rate']:.1f}% over "
                        f"{self.cfg.eval_episodes} episodes")
             self.last_eval = {**result, "step": at}
 
@@ -460,7 +461,7 @@ class TrainingRun:
         png = plot_run(self.run_dir, target_divergence=cfg.agent.get("target_divergence")
                        if agent_kind(cfg.agent) == "deflow" and not trains_flow_only(cfg.agent) else None)
         print(
-            f"[deflow_trl] {cfg.agent.name} on {cfg.dataset}: success rate "
+            f"[deflow_trl] {cfg.agent.name} on {cfg.dataset}{self.label}: success rate "
             f"{100 * self.last_eval.get('success_rate', math.nan):.1f}% at step {self.step} "
             f"({elapsed:.0f} s this session). Curve: {png}"
         )
