@@ -219,3 +219,29 @@ def test_a_paper_sweep_with_seeds_per_job_writes_lone_run_directories_that_summa
     assert [(r["status"], r["task"], r["seed"], r["last_eval_step"]) for r in runs] == [
         ("complete", 1, 0, 4), ("complete", 1, 1, 4)]
     assert [r["run_dir"] for r in runs] == [f"cube-single-play/deflow/task1/seed{s}" for s in (0, 1)]
+
+
+def test_the_seeds_share_one_batched_evaluation_env_and_keep_their_episode_seeds(tiny_ogbench_dir, tmp_path,
+                                                                                  monkeypatch):
+    """eval_envs > 1: the group builds one batched env for all seeds' evaluations (none per seed) and closes it;
+    each seed's evaluation is its lone run's (same episode seeds and noise on the same weights: same returns)."""
+    import deflow_trl.app.evaluator
+
+    built = []
+    real = seed_group.make_batched_env
+
+    def counting(*args, **kwargs):
+        built.append(real(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(seed_group, "make_batched_env", counting)
+    monkeypatch.setattr(deflow_trl.app.evaluator, "make_batched_env", counting)
+    common = ["offline_steps=4", "eval_interval=2", "eval_envs=2", "eval_episodes=2", "log_interval=2"]
+    run(config(tiny_ogbench_dir, *common, "seeds=[0,1]"), str(tmp_path / "group" / "seed0"))
+    assert len(built) == 1 and built[0].is_closed
+    for seed in (0, 1):
+        run(config(tiny_ogbench_dir, *common, f"seed={seed}"), str(tmp_path / "lone" / f"seed{seed}"))
+        steps, lone = read_scalar(str(tmp_path / "lone" / f"seed{seed}"), "eval/return_mean")
+        steps_g, group = read_scalar(str(tmp_path / "group" / f"seed{seed}"), "eval/return_mean")
+        assert steps.tolist() == steps_g.tolist() == [2, 4]
+        np.testing.assert_allclose(group, lone, rtol=1e-5, atol=1e-5)
