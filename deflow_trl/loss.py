@@ -268,6 +268,13 @@ class FlowCriticLoss(LossModule):
             out[name] = x.reshape(*batch_shape, *x.shape[1:])
         return TensorDict(out, batch_size=batch_shape, device=kw["device"])
 
+    def draw_noise_for(self, tensordict: TensorDictBase, flow_only: bool = False) -> TensorDict:
+        """:meth:`draw_noise` for the input ``tensordict``: its batch shape and its action's width, device and
+        dtype (what a caller that hands the noise in under :data:`NOISE_KEY` draws: ``Updater``, ``SeedGroup``)."""
+        action = tensordict.get(self.tensor_keys.action)
+        return self.draw_noise(tensordict.batch_size, action.shape[-1], action.device, action.dtype,
+                               flow_only=flow_only)
+
     def _forward_noise(
         self, tensordict: TensorDictBase, n: int, action: torch.Tensor, flow_only: bool = False
     ) -> dict[str, torch.Tensor]:

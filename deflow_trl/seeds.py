@@ -127,6 +127,12 @@ class _Swap:
         self.streams._set(self.outer)
 
 
+def duplicate_seeds(seeds: Sequence[int]) -> list[int]:
+    """The seeds that appear more than once in ``seeds``, sorted (a group trains each seed once)."""
+    seeds = list(seeds)
+    return sorted({s for s in seeds if seeds.count(s) > 1})
+
+
 def _same(a, b) -> bool:
     return bool(torch.equal(a, b)) if torch.is_tensor(a) and torch.is_tensor(b) else a == b
 
@@ -154,8 +160,7 @@ def _check_losses(losses: Sequence[LossModule], seeds: Sequence[int]) -> None:
     if len(seeds) != len(losses):
         raise ValueError(f"SeedGroup: {len(seeds)} seeds for {len(losses)} losses")
     if len(set(seeds)) != len(seeds):
-        dup = sorted({s for s in seeds if list(seeds).count(s) > 1})
-        raise ValueError(f"SeedGroup: duplicate seeds {dup} (each seed once)")
+        raise ValueError(f"SeedGroup: duplicate seeds {duplicate_seeds(seeds)} (each seed once)")
     if len({id(loss) for loss in losses}) != len(losses):
         raise ValueError("SeedGroup: the same loss object appears twice; build one loss per seed")
     first = _signature(losses[0])
@@ -291,9 +296,7 @@ class SeedGroup:
         for i, (loss, fn) in enumerate(zip(self.losses, samplers)):
             with self.rng.use(i):
                 batch = fn()
-                action = batch.get(loss.tensor_keys.action)
-                noise = loss.draw_noise(batch.batch_size, loss.actor.action_dim, action.device, action.dtype,
-                                        flow_only=self.flow_only)
+                noise = loss.draw_noise_for(batch, flow_only=self.flow_only)
             batches.append(batch.set(NOISE_KEY, noise))
         return torch.stack(batches)
 
@@ -435,7 +438,7 @@ class SeedGroup:
         if not seeds:
             raise ValueError("SeedGroup needs at least one seed (got an empty list)")
         if len(set(seeds)) != len(seeds):
-            raise ValueError(f"SeedGroup: duplicate seeds {sorted({s for s in seeds if seeds.count(s) > 1})}")
+            raise ValueError(f"SeedGroup: duplicate seeds {duplicate_seeds(seeds)}")
         outer = torch.get_rng_state()
         outer_cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
         losses, states = [], []

@@ -268,13 +268,12 @@ class Updater:
 
     def _eager_noise(self, batch: TensorDictBase) -> TensorDictBase | None:
         """The loss's random tensors for this step, drawn eagerly from torch's generator in the order its forward
-        would draw them (``draw_noise``), so a compiled step consumes the eager step's random numbers; None for a
+        would draw them (``draw_noise_for``), so a compiled step consumes the eager step's random numbers; None for a
         loss without ``draw_noise``, a batch that brings its own, or ``eager_noise=False``."""
-        draw = getattr(self.loss, "draw_noise", None)
+        draw = getattr(self.loss, "draw_noise_for", None)
         if not self.eager_noise or draw is None or NOISE_KEY in batch.keys():
             return None
-        action = batch.get(self.loss.tensor_keys.action)
-        return draw(batch.batch_size, action.shape[-1], action.device, action.dtype)
+        return draw(batch)
 
 
 def make_update(

@@ -61,6 +61,7 @@ from deflow_trl.data import parse_ogbench_name
 from deflow_trl.errors import ConfigError
 from deflow_trl.hardware import resolve_bf16_solves  # the one place that knows the accepted values
 from deflow_trl.sampler import check_solver
+from deflow_trl.seeds import duplicate_seeds
 from deflow_trl.threads import resolve_threads
 
 __all__ = ["validate_config", "typed_config", "check_config", "resolve_device", "TrainSchema"]
@@ -312,7 +313,7 @@ def _check_seeds(cfg: DictConfig) -> None:
         raise ConfigError(f"seeds={list(seeds)} and seeds_per_job={per_job} both name a group of seeds: give one")
     if len(seeds) == 0:
         raise ConfigError("seeds=[] is empty: give at least one seed (e.g. seeds=[0,1,2])")
-    duplicates = sorted({s for s in seeds if list(seeds).count(s) > 1})
+    duplicates = duplicate_seeds(seeds)
     if duplicates:
         raise ConfigError(f"seeds={list(seeds)} repeats {duplicates}: each seed once")
     bad = [s for s in seeds if not 0 <= s < 2**31]

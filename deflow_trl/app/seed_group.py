@@ -165,7 +165,7 @@ class SeedGroupRun:
         self.seeds = [m.cfg.seed for m in members]
         self.batched_env = None
         self.group: SeedGroup | None = None
-        self.flow_only = False
+        self.flow_only = trains_flow_only(cfg.agent)  # flow BC: the flow's loss alone, no target update
 
     def execute(self) -> dict[int, dict]:
         try:
@@ -232,7 +232,6 @@ class SeedGroupRun:
             # on a copy: a forward/backward leaves hook flags on modules, which SeedGroup's same-settings check reads
             check_memory(copy.deepcopy(self.members[0].loss), self.members[0].data[: self.cfg.batch_size], self.seeds,
                          device)
-        self.flow_only = trains_flow_only(self.cfg.agent)  # flow BC: the flow's loss alone, no target update
         self.group = SeedGroup([m.loss for m in self.members], self.seeds, rng_states=states,
                                tau=None if self.flow_only else self.cfg.agent.tau, flow_only=self.flow_only,
                                optimizer=lambda params: torch.optim.Adam(params, lr=self.cfg.agent.lr))
@@ -265,9 +264,8 @@ class SeedGroupRun:
     def loop(self) -> None:
         """Offline steps: one group update, then each seed's log / evaluate / checkpoint at its intervals."""
         buffer, device = self.members[0].buffer, self.members[0].device
+        key = "loss_flow" if self.flow_only else "loss_qvalue"  # on the bar, per seed (each member's is disabled)
         with GracefulStop() as stop:
-            for m in self.members:
-                m.stop = stop  # (each member's own bar is a disabled tqdm: the group shows one)
             while self.members[0].step < self.cfg.offline_steps and not stop.requested:
                 out = self.group.update(lambda: buffer.sample().to(device))
                 self.bar.update(1)
@@ -279,9 +277,9 @@ class SeedGroupRun:
                     for other in self.members:  # one seed's evaluation / checkpoint pauses every seed's training
                         if other is not m:
                             other.paused_s += time.perf_counter() - t0
-                key = "loss_flow" if self.flow_only else "loss_qvalue"
-                postfix = {f"{key[5]}{s}": f"{out[key][i].item():.3g}" for i, s in enumerate(self.seeds[:4])}
-                self.bar.set_postfix(postfix, refresh=False)
+                if self.members[0].step % self.cfg.log_interval == 0:  # as a lone run's bar: at log points only
+                    self.bar.set_postfix({f"{key}[{s}]": f"{out[key][i].item():.3g}"
+                                          for i, s in enumerate(self.seeds[:4])})
             self.bar.close()
             for m in self.members:
                 m.log_evaluations(m.evaluator.wait())
